@@ -1,1 +1,5 @@
-fn main() {}
+//! The `podvault` binary.
+
+fn main() -> std::process::ExitCode {
+    podvault::cli::main()
+}

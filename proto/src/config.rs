@@ -78,6 +78,7 @@ crate::postcard_record!(Config, "config", 1);
 
 impl ObjectRecord for Config {
     const KIND: ObjectKind = ObjectKind::Config;
+    type Id = crate::id::ConfigId;
 }
 
 #[cfg(test)]

@@ -23,6 +23,12 @@ pub struct ParseIdError {
     pub input: String,
 }
 
+/// Ids that name repository objects, built from the hash of the stored bytes.
+pub trait ObjectId: Copy + fmt::Display {
+    /// Wraps raw id bytes.
+    fn from_bytes(bytes: [u8; ID_LEN]) -> Self;
+}
+
 macro_rules! define_id {
     ($($(#[$meta:meta])* $name:ident;)+) => {$(
         $(#[$meta])*
@@ -48,6 +54,12 @@ macro_rules! define_id {
             /// Reads an id from the start of `bytes`, if there are enough of them.
             pub fn from_slice(bytes: &[u8]) -> Option<Self> {
                 bytes.get(..ID_LEN).and_then(|b| b.try_into().ok()).map(Self)
+            }
+        }
+
+        impl ObjectId for $name {
+            fn from_bytes(bytes: [u8; ID_LEN]) -> Self {
+                Self(bytes)
             }
         }
 
@@ -111,6 +123,8 @@ define_id! {
     SnapshotId;
     /// Id of a key file: BLAKE3 of its stored bytes.
     KeyId;
+    /// Hash of the stored `config` object (it always lives at the fixed name `config`).
+    ConfigId;
 }
 
 impl From<ChunkId> for BlobId {

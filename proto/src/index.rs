@@ -210,6 +210,7 @@ impl Record for IndexFile {
 
 impl ObjectRecord for IndexFile {
     const KIND: ObjectKind = ObjectKind::Index;
+    type Id = crate::id::IndexId;
 }
 
 #[cfg(test)]

@@ -71,6 +71,7 @@ impl Record for KeyFile {
 
 impl ObjectRecord for KeyFile {
     const KIND: ObjectKind = ObjectKind::Key;
+    type Id = crate::id::KeyId;
 }
 
 #[cfg(test)]

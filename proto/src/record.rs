@@ -95,6 +95,8 @@ pub trait Record: Sized {
 pub trait ObjectRecord: Record {
     /// Where objects of this record type live.
     const KIND: ObjectKind;
+    /// The id type naming objects of this kind.
+    type Id: crate::id::ObjectId;
 }
 
 /// Splits the version prefix off `bytes`, checking it against `R::VERSION`.

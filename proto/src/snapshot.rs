@@ -77,6 +77,7 @@ crate::postcard_record!(Snapshot, "snapshot", 1);
 
 impl ObjectRecord for Snapshot {
     const KIND: ObjectKind = ObjectKind::Snapshot;
+    type Id = crate::id::SnapshotId;
 }
 
 impl Snapshot {

@@ -1,0 +1,288 @@
+//! Backup: walk a source, store new content, write a snapshot.
+//!
+//! ## Pipeline
+//! The walking thread reads files, cuts chunks (FastCDC) and hashes them (keyed BLAKE3) —
+//! together about 1 GB/s on one core — and decides deduplication on the spot against the
+//! sorted index and the set of blobs queued in this session. Only new chunks travel on, over
+//! a bounded channel, to one worker per core that compresses (zstd, the expensive step) and
+//! seals them and appends them to the data packer. Full packs upload concurrently (bounded).
+//! Memory is bounded by the channel, the read block, open packs and in-flight uploads — not
+//! by input size. A large file is spread over all workers chunk by chunk.
+//!
+//! ## Incremental
+//! Each directory is compared with the same directory in the parent snapshot. A file whose
+//! size, mtime, ctime, inode and mode are unchanged (and whose chunks are all still indexed)
+//! reuses the parent's chunk list without being opened.
+//!
+//! ## Order of writes
+//! packs → index → snapshot. The snapshot is saved only after [`PackSink::finish`] confirms
+//! every pack is durable and indexed, so a crash leaves at most unreferenced packs (and
+//! index objects for packs that were completed, which the next backup reuses).
+
+mod sink;
+mod walker;
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+
+use bytes::Bytes;
+use crossbeam_channel::{bounded, Receiver};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use podvault_proto::pack::BlobType;
+use podvault_proto::snapshot::{Snapshot, Summary};
+use podvault_proto::{BlobId, SnapshotId, TreeId};
+
+use crate::blob::BlobEncoder;
+use crate::chunker::Chunker;
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::repository::{hostname, Repository};
+pub use sink::PackSink;
+use walker::Walker;
+
+/// What to back up and how.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BackupOptions {
+    /// Files or directories to back up. A single directory becomes the snapshot's root;
+    /// otherwise each path is an entry of the root named by its last component.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Tag the snapshot (`key=value` or a plain word); repeatable.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Skip paths matching a glob; repeatable. Globs without `/` match any name, globs with
+    /// `/` match the path relative to the backed-up directory (`cache/**`).
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+    /// Parent snapshot for change detection (default: latest with the same host and paths).
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// Read every file even if unchanged since the parent.
+    #[arg(long)]
+    pub force: bool,
+    /// Host name to record (default: this machine's).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Compression workers (default: number of CPUs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// The result of a backup.
+#[derive(Debug, Clone)]
+pub struct BackupOutcome {
+    /// The new snapshot's id.
+    pub id: SnapshotId,
+    /// The snapshot written.
+    pub snapshot: Snapshot,
+}
+
+/// A chunk on its way to a compression worker.
+struct Job {
+    ty: BlobType,
+    id: BlobId,
+    data: Bytes,
+}
+
+/// Backs up `opts.paths` into `repo`.
+pub fn backup(
+    repo: &Repository,
+    opts: &BackupOptions,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<BackupOutcome> {
+    let started = chrono::Utc::now();
+    let host = opts.host.clone().unwrap_or_else(hostname);
+    let roots = resolve_roots(&opts.paths)?;
+    let path_strings: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+    let excludes = Excludes::new(&opts.excludes)?;
+    let mut tags = opts.tags.clone();
+    tags.sort();
+    tags.dedup();
+
+    let index = repo.load_index()?;
+    let parent = match &opts.parent {
+        Some(spec) => Some(repo.find_snapshot(spec)?),
+        None => repo
+            .snapshots()?
+            .into_iter()
+            .rfind(|(_, s)| s.hostname == host && s.paths == path_strings),
+    };
+    let parent_tree = match (&parent, opts.force) {
+        (Some((_, s)), false) => Some(repo.load_tree(&index, &s.tree)?),
+        _ => None,
+    };
+
+    let sink = PackSink::new(repo);
+    let threads = opts
+        .threads
+        .unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    let scan_done = AtomicBool::new(false);
+    let (root, summary) = thread::scope(|scope| -> Result<(TreeId, Summary)> {
+        scope.spawn(|| scan(&roots, &excludes, progress, &scan_done));
+        let (tx, rx) = bounded::<Job>(threads * 2);
+        let mut workers = Vec::new();
+        for _ in 0..threads {
+            let rx = rx.clone();
+            let sink = &sink;
+            let mut encoder = BlobEncoder::new(repo.config().compression_level)
+                .map_err(|e| Error::InvalidInput(format!("zstd: {e}")))?;
+            workers.push(scope.spawn(move || seal_worker(repo, &mut encoder, rx, sink)));
+        }
+        drop(rx);
+        let mut walker = Walker {
+            repo,
+            index: &index,
+            chunker: Chunker::new(repo.config().chunker),
+            session: HashSet::new(),
+            tx: Some(tx),
+            sink: &sink,
+            summary: Summary::default(),
+            progress,
+            cancel,
+            excludes: &excludes,
+            hardlinks: HashMap::new(),
+            tree_encoder: BlobEncoder::new(repo.config().compression_level)
+                .map_err(|e| Error::InvalidInput(format!("zstd: {e}")))?,
+        };
+        let walked = walker.walk_roots(&roots, parent_tree);
+        // Closing the channel lets the workers drain and exit, whatever happened.
+        walker.tx = None;
+        scan_done.store(true, Ordering::Relaxed);
+        let mut worker_result = Ok(());
+        for w in workers {
+            let r = w.join().unwrap_or_else(|_| {
+                Err(Error::InvalidInput("a compression worker panicked".into()))
+            });
+            if worker_result.is_ok() {
+                worker_result = r;
+            }
+        }
+        let root = walked?;
+        worker_result?;
+        Ok((root, walker.summary))
+    })?;
+    sink.finish()?;
+
+    let mut summary = summary;
+    summary.bytes_stored = sink.stored.load(Ordering::Relaxed);
+    summary.started_ns = started.timestamp_nanos_opt().unwrap_or_default();
+    summary.finished_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    let snapshot = Snapshot {
+        time_ns: summary.started_ns,
+        hostname: host,
+        paths: path_strings,
+        tags,
+        parent: parent.map(|(id, _)| id),
+        tree: root,
+        program_version: env!("CARGO_PKG_VERSION").into(),
+        summary,
+    };
+    let id = repo.save(&snapshot)?;
+    Ok(BackupOutcome { id, snapshot })
+}
+
+fn resolve_roots(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if paths.is_empty() {
+        return Err(Error::InvalidInput(
+            "nothing to back up: give at least one path".into(),
+        ));
+    }
+    let mut roots = Vec::new();
+    let mut names = HashSet::new();
+    for p in paths {
+        let abs = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
+        std::fs::symlink_metadata(&abs).map_err(|e| Error::io(&abs, e))?;
+        if paths.len() > 1 {
+            let name = abs
+                .file_name()
+                .map(|n| n.as_bytes().to_vec())
+                .unwrap_or_default();
+            if !names.insert(name) {
+                return Err(Error::InvalidInput(format!(
+                    "two backup paths share the name {:?}; back them up separately",
+                    abs.file_name().unwrap_or_default()
+                )));
+            }
+        }
+        roots.push(abs);
+    }
+    Ok(roots)
+}
+
+fn seal_worker(
+    repo: &Repository,
+    encoder: &mut BlobEncoder,
+    rx: Receiver<Job>,
+    sink: &PackSink,
+) -> Result<()> {
+    let key = repo.key();
+    for job in rx {
+        let sealed = encoder.seal(key, job.ty, &job.id, &job.data);
+        sink.add(job.ty, job.id, &sealed, job.data.len() as u32)?;
+    }
+    Ok(())
+}
+
+/// Glob exclusions.
+struct Excludes {
+    names: GlobSet,
+    paths: GlobSet,
+}
+
+impl Excludes {
+    fn new(patterns: &[String]) -> Result<Self> {
+        let mut names = GlobSetBuilder::new();
+        let mut paths = GlobSetBuilder::new();
+        for p in patterns {
+            let glob = GlobBuilder::new(p.trim_start_matches('/'))
+                .literal_separator(true)
+                .build()
+                .map_err(|e| Error::InvalidInput(format!("exclude pattern {p:?}: {e}")))?;
+            if p.contains('/') {
+                paths.add(glob);
+            } else {
+                names.add(glob);
+            }
+        }
+        let build = |b: GlobSetBuilder| {
+            b.build()
+                .map_err(|e| Error::InvalidInput(format!("exclude patterns: {e}")))
+        };
+        Ok(Excludes {
+            names: build(names)?,
+            paths: build(paths)?,
+        })
+    }
+
+    fn matches(&self, rel: &Path) -> bool {
+        rel.file_name().is_some_and(|n| self.names.is_match(n)) || self.paths.is_match(rel)
+    }
+}
+
+/// Counts files and bytes ahead of the backup so progress can show totals and an ETA.
+/// Stops early when the backup finishes first.
+fn scan(roots: &[PathBuf], excludes: &Excludes, progress: &Progress, done: &AtomicBool) {
+    for root in roots {
+        let walk = walkdir::WalkDir::new(root).follow_links(false).into_iter();
+        let kept = walk.filter_entry(|e| {
+            e.depth() == 0 || !excludes.matches(e.path().strip_prefix(root).unwrap_or(e.path()))
+        });
+        for e in kept.flatten() {
+            if done.load(Ordering::Relaxed) {
+                return;
+            }
+            if let Ok(m) = e.metadata() {
+                if m.is_file() {
+                    Progress::add(&progress.files_total, 1);
+                    Progress::add(&progress.bytes_total, m.len());
+                }
+            }
+        }
+    }
+    progress.totals_final.store(true, Ordering::Relaxed);
+}

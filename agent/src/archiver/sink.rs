@@ -1,0 +1,175 @@
+//! Where sealed blobs go: per-type packers, bounded concurrent uploads, and index writing.
+//!
+//! Invariant: a blob appears in an index object only after the pack holding it has been
+//! written successfully, and index objects are written before the snapshot that needs them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use podvault_proto::index::{IndexEntry, IndexFile, PackInfo};
+use podvault_proto::pack::{BlobType, PackHeader};
+use podvault_proto::BlobId;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::backend::runtime;
+use crate::error::{Error, Result};
+use crate::packer::{FinishedPack, Packer};
+use crate::repository::{pack_path, Repository};
+
+/// Uploads in flight at once (each holds one pack in memory).
+const MAX_UPLOADS: usize = 3;
+/// Write an index object once this many packs are durable, so an interrupted backup's packs
+/// are found and reused by the next one.
+const PACKS_PER_INDEX: usize = 64;
+
+/// Shared by the archiver's threads.
+pub struct PackSink {
+    repo: Repository,
+    data: Mutex<Packer>,
+    tree: Mutex<Packer>,
+    permits: Arc<Semaphore>,
+    uploads: Mutex<Vec<JoinHandle<()>>>,
+    durable: Arc<Mutex<Vec<(PackInfo, PackHeader)>>>,
+    failure: Arc<Mutex<Option<Error>>>,
+    /// Bytes of sealed blobs added.
+    pub stored: AtomicU64,
+    /// Packs uploaded.
+    pub packs: AtomicU64,
+}
+
+impl PackSink {
+    /// A sink writing into `repo`.
+    pub fn new(repo: &Repository) -> Self {
+        let target = repo.config().pack_target_size as usize;
+        PackSink {
+            repo: repo.clone(),
+            data: Mutex::new(Packer::new(BlobType::Data, target)),
+            tree: Mutex::new(Packer::new(BlobType::Tree, target)),
+            permits: Arc::new(Semaphore::new(MAX_UPLOADS)),
+            uploads: Mutex::new(Vec::new()),
+            durable: Arc::new(Mutex::new(Vec::new())),
+            failure: Arc::new(Mutex::new(None)),
+            stored: AtomicU64::new(0),
+            packs: AtomicU64::new(0),
+        }
+    }
+
+    fn packer(&self, ty: BlobType) -> &Mutex<Packer> {
+        match ty {
+            BlobType::Data => &self.data,
+            BlobType::Tree => &self.tree,
+        }
+    }
+
+    /// Adds a sealed blob; uploads the pack when it is full. Blocks while too many uploads
+    /// are in flight (back-pressure that bounds memory).
+    pub fn add(&self, ty: BlobType, id: BlobId, sealed: &[u8], raw_length: u32) -> Result<()> {
+        self.check()?;
+        self.stored
+            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+        let full = {
+            let mut p = lock(self.packer(ty));
+            if p.add(id, sealed, raw_length) {
+                p.finish(self.repo.key())
+            } else {
+                None
+            }
+        };
+        if let Some(pack) = full {
+            self.upload(pack);
+        }
+        Ok(())
+    }
+
+    fn upload(&self, pack: FinishedPack) {
+        let permit = runtime().block_on(self.permits.clone().acquire_owned());
+        let backend = self.repo.backend().clone();
+        let durable = self.durable.clone();
+        let failure = self.failure.clone();
+        self.packs.fetch_add(1, Ordering::Relaxed);
+        let handle = runtime().spawn(async move {
+            let _permit = permit;
+            let FinishedPack { id, data, header } = pack;
+            let info = PackInfo {
+                id,
+                size: data.len() as u32,
+                blob_type: header.blob_type,
+            };
+            match backend.write_async(&pack_path(&id), data).await {
+                Ok(()) => lock(&durable).push((info, header)),
+                Err(e) => {
+                    lock(&failure).get_or_insert(e);
+                }
+            }
+        });
+        let mut uploads = lock(&self.uploads);
+        uploads.retain(|h| !h.is_finished());
+        uploads.push(handle);
+    }
+
+    /// Fails if an upload has failed.
+    pub fn check(&self) -> Result<()> {
+        match lock(&self.failure).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes an index object for the durable packs if enough have accumulated.
+    pub fn maybe_write_index(&self) -> Result<()> {
+        let ready = lock(&self.durable).len() >= PACKS_PER_INDEX;
+        if ready {
+            self.write_index()?;
+        }
+        Ok(())
+    }
+
+    fn write_index(&self) -> Result<()> {
+        let packs = std::mem::take(&mut *lock(&self.durable));
+        if packs.is_empty() {
+            return Ok(());
+        }
+        let mut file = IndexFile::default();
+        for (n, (info, header)) in packs.into_iter().enumerate() {
+            file.packs.push(info);
+            file.entries.extend(header.blobs.iter().map(|b| IndexEntry {
+                id: b.id,
+                pack: n as u32,
+                offset: b.offset,
+                length: b.length,
+                raw_length: b.raw_length,
+            }));
+        }
+        file.sort();
+        // The same blob may sit in two packs of this session only if two threads raced;
+        // the index format requires unique ids, so keep the first.
+        file.entries.dedup_by(|a, b| a.id == b.id);
+        self.repo.save(&file)?;
+        Ok(())
+    }
+
+    /// Closes open packs, waits for every upload and writes the remaining index entries.
+    /// After `Ok`, every blob added is durable and indexed.
+    pub fn finish(&self) -> Result<()> {
+        for ty in [BlobType::Data, BlobType::Tree] {
+            let pack = lock(self.packer(ty)).finish(self.repo.key());
+            if let Some(p) = pack {
+                self.upload(p);
+            }
+        }
+        let handles = std::mem::take(&mut *lock(&self.uploads));
+        for h in handles {
+            if let Err(e) = runtime().block_on(h) {
+                return Err(Error::InvalidInput(format!("upload task failed: {e}")));
+            }
+        }
+        self.check()?;
+        self.write_index()
+    }
+}
+
+/// Locks a mutex, recovering from poisoning (the data is plain and stays consistent).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

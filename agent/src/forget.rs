@@ -1,0 +1,146 @@
+//! `forget`: remove snapshots a retention policy does not keep.
+//!
+//! Snapshots are grouped into series (by host, paths and tags unless told otherwise) and
+//! the policy (see `podvault_proto::retention`) is applied to each series separately. Only
+//! snapshot objects are deleted; the data they referenced stays until `prune` reclaims it.
+
+use std::collections::BTreeMap;
+
+use podvault_proto::retention::{Reason, RetentionPolicy};
+use podvault_proto::snapshot::Snapshot;
+use podvault_proto::SnapshotId;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::repository::{object_path, Repository};
+
+/// Retention rules and scope.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ForgetOptions {
+    /// Keep the N newest snapshots.
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the last N hours.
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// Keep the newest snapshot of each of the last N days.
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep the newest snapshot of each of the last N weeks.
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep the newest snapshot of each of the last N months.
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// Keep the newest snapshot of each of the last N years.
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Keep every snapshot with this tag; repeatable.
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    pub keep_tags: Vec<String>,
+    /// Only consider snapshots carrying all of these tags; repeatable.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Series grouping: a comma list of `host`, `paths`, `tags` (empty for one series).
+    #[arg(long, default_value = "host,paths,tags")]
+    pub group_by: String,
+    /// Only print what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl ForgetOptions {
+    /// The retention policy these options describe.
+    pub fn policy(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            tags: self.keep_tags.clone(),
+        }
+    }
+}
+
+/// The decisions for one series.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesDecision {
+    /// Series key (`host=…, paths=…, tags=…`).
+    pub series: String,
+    /// Kept snapshots with the rules keeping them, newest first.
+    pub keep: Vec<(SnapshotId, Vec<Reason>)>,
+    /// Removed (or, in a dry run, to-be-removed) snapshots.
+    pub remove: Vec<SnapshotId>,
+}
+
+/// Applies the policy; deletes unless `dry_run`. Returns the decisions per series.
+pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<SeriesDecision>> {
+    let policy = opts.policy();
+    if policy.is_empty() {
+        return Err(Error::InvalidInput(
+            "no retention rule given (e.g. --keep-daily 7); refusing to remove every snapshot"
+                .into(),
+        ));
+    }
+    let fields: Vec<&str> = opts
+        .group_by
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .collect();
+    if let Some(bad) = fields
+        .iter()
+        .find(|f| !matches!(**f, "host" | "paths" | "tags"))
+    {
+        return Err(Error::InvalidInput(format!(
+            "--group-by: unknown field {bad:?} (use host, paths, tags)"
+        )));
+    }
+    let mut series: BTreeMap<String, Vec<(SnapshotId, Snapshot)>> = BTreeMap::new();
+    for (id, s) in repo.snapshots()? {
+        if opts.tags.iter().all(|t| s.has_tag(t)) {
+            series
+                .entry(series_key(&s, &fields))
+                .or_default()
+                .push((id, s));
+        }
+    }
+    let mut out = Vec::new();
+    for (key, snaps) in series {
+        let decisions = policy.apply(snaps.iter().map(|(_, s)| (s.time(), s.tags.as_slice())));
+        let mut d = SeriesDecision {
+            series: key,
+            keep: Vec::new(),
+            remove: Vec::new(),
+        };
+        for ((id, _), dec) in snaps.iter().zip(decisions).rev() {
+            if dec.keep {
+                d.keep.push((*id, dec.reasons));
+            } else {
+                d.remove.push(*id);
+            }
+        }
+        if !opts.dry_run {
+            for id in &d.remove {
+                repo.backend().delete(&object_path::<Snapshot>(id))?;
+            }
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// The series a snapshot belongs to under `fields`.
+pub fn series_key(s: &Snapshot, fields: &[&str]) -> String {
+    fields
+        .iter()
+        .map(|f| match *f {
+            "host" => format!("host={}", s.hostname),
+            "paths" => format!("paths=[{}]", s.paths.join(",")),
+            _ => format!("tags=[{}]", s.tags.join(",")),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

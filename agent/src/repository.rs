@@ -1,0 +1,406 @@
+//! Opening, creating and reading a repository; saving and loading records.
+//!
+//! Object naming: `config`; `keys/<id>`, `snapshots/<id>`, `index/<id>` where the id is the
+//! BLAKE3 hash of the stored bytes (checked on every load, so a damaged object is named as
+//! such before decryption is even tried); `data/<first two hex digits>/<pack-id>`.
+//! Objects are written once and never modified.
+
+use std::sync::Arc;
+
+use podvault_proto::config::{ChunkerParams, Config};
+use podvault_proto::index::IndexFile;
+use podvault_proto::key::KeyFile;
+use podvault_proto::pack::{parse_trailer, BlobType, PackHeader, TRAILER_LEN};
+use podvault_proto::snapshot::Snapshot;
+use podvault_proto::tree::Tree;
+use podvault_proto::{
+    BlobId, ObjectId, ObjectKind, ObjectRecord, PackId, Record, SnapshotId, TreeId,
+};
+use rand::RngCore;
+
+use crate::backend::{Backend, Location};
+use crate::blob::open_blob;
+use crate::crypto::{self, KdfCost, MasterKey};
+use crate::error::{Error, Result};
+use crate::index::{BlobLocation, MasterIndex};
+
+/// Options for creating a repository.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Chunker parameters.
+    pub chunker: ChunkerParams,
+    /// zstd level (0 disables compression).
+    pub compression_level: i32,
+    /// Target pack size in bytes.
+    pub pack_size: u32,
+    /// Argon2id cost of the first key.
+    pub kdf: KdfCost,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: ChunkerParams::default(),
+            compression_level: Config::DEFAULT_COMPRESSION,
+            pack_size: Config::DEFAULT_PACK_SIZE,
+            kdf: KdfCost::default(),
+        }
+    }
+}
+
+/// Path of a pack object.
+pub fn pack_path(id: &PackId) -> String {
+    let hex = id.to_hex();
+    format!("data/{}/{hex}", &hex[..2])
+}
+
+/// Path of an object of a record's kind.
+pub fn object_path<R: ObjectRecord>(id: &R::Id) -> String {
+    match R::KIND {
+        ObjectKind::Config => "config".into(),
+        kind => format!("{}/{id}", kind.name()),
+    }
+}
+
+/// An open repository: backend, unwrapped key and config.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    backend: Backend,
+    key: Arc<MasterKey>,
+    config: Config,
+}
+
+impl Repository {
+    /// Creates a repository at `location` protected by `password`.
+    pub fn init(location: &Location, password: &[u8], opts: &InitOptions) -> Result<Self> {
+        opts.chunker.validate().map_err(Error::InvalidInput)?;
+        if !(0..=22).contains(&opts.compression_level) {
+            return Err(Error::InvalidInput(format!(
+                "compression level {} is outside 0..=22",
+                opts.compression_level
+            )));
+        }
+        let backend = Backend::open(location)?;
+        if backend.exists("config")? {
+            return Err(Error::AlreadyInitialised {
+                location: backend.location().to_owned(),
+            });
+        }
+        let mut repository_id = [0u8; 32];
+        rand::rng().fill_bytes(&mut repository_id);
+        let repo = Repository {
+            backend,
+            key: Arc::new(MasterKey::generate()),
+            config: Config {
+                repository_id,
+                chunker: opts.chunker,
+                compression_level: opts.compression_level,
+                pack_target_size: opts.pack_size.max(1 << 20),
+            },
+        };
+        // Key first: a config without a key would be a repository nobody can open.
+        repo.add_key(password, opts.kdf)?;
+        repo.save(&repo.config)?;
+        Ok(repo)
+    }
+
+    /// Opens the repository at `location` with `password`.
+    pub fn open(location: &Location, password: &[u8]) -> Result<Self> {
+        let backend = Backend::open(location)?;
+        let not_init = || Error::NotInitialised {
+            location: backend.location().to_owned(),
+        };
+        if !backend.exists("config")? {
+            return Err(not_init());
+        }
+        let keys = backend.list(ObjectKind::Key.name())?;
+        if keys.is_empty() {
+            return Err(Error::Corrupt {
+                object: format!("{}/keys/", backend.location()),
+                detail: "the repository has a config but no key files".into(),
+            });
+        }
+        let mut key = None;
+        let mut damaged = Vec::new();
+        for path in &keys {
+            let bytes = backend.read(path)?;
+            let kf = match verify_name(path, &bytes).and_then(|()| decode::<KeyFile>(path, &bytes))
+            {
+                Ok(kf) => kf,
+                Err(e) => {
+                    damaged.push(e.to_string());
+                    continue;
+                }
+            };
+            let sealed = hex::decode(&kf.master_key).map_err(|_| Error::Corrupt {
+                object: path.clone(),
+                detail: "master key is not hex".into(),
+            })?;
+            match crypto::unwrap_master_key(password, &kf.kdf, &sealed) {
+                Ok(Some(k)) => {
+                    key = Some(k);
+                    break;
+                }
+                Ok(None) => {}
+                Err(detail) => damaged.push(format!("{path}: {detail}")),
+            }
+        }
+        let Some(key) = key else {
+            if damaged.len() == keys.len() {
+                return Err(Error::Corrupt {
+                    object: format!("{}/keys/", backend.location()),
+                    detail: damaged.join("; "),
+                });
+            }
+            return Err(Error::WrongPassword {
+                location: backend.location().to_owned(),
+                keys: keys.len(),
+            });
+        };
+        let sealed = backend.read("config")?;
+        let plain = key
+            .open(ObjectKind::Config.aad(), &sealed)
+            .map_err(|e| Error::Corrupt {
+                object: "config".into(),
+                detail: e.to_string(),
+            })?;
+        let config = decode::<Config>("config", &plain)?;
+        config.chunker.validate().map_err(|d| Error::Corrupt {
+            object: "config".into(),
+            detail: d,
+        })?;
+        Ok(Repository {
+            backend,
+            key: Arc::new(key),
+            config,
+        })
+    }
+
+    /// Adds a key file wrapping the master key under `password`.
+    pub fn add_key(&self, password: &[u8], cost: KdfCost) -> Result<podvault_proto::KeyId> {
+        let (kdf, sealed) =
+            crypto::wrap_master_key(&self.key, password, cost).map_err(Error::InvalidInput)?;
+        let kf = KeyFile {
+            version: KeyFile::VERSION,
+            created: chrono::Utc::now().to_rfc3339(),
+            hostname: hostname(),
+            kdf,
+            master_key: hex::encode(sealed),
+        };
+        let bytes = kf.encode();
+        let id = podvault_proto::KeyId(*blake3::hash(&bytes).as_bytes());
+        self.backend.write(&object_path::<KeyFile>(&id), bytes)?;
+        Ok(id)
+    }
+
+    /// The storage backend.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The master key.
+    pub fn key(&self) -> &Arc<MasterKey> {
+        &self.key
+    }
+
+    /// The repository configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Seals and stores a record; returns its id.
+    pub fn save<R: ObjectRecord>(&self, record: &R) -> Result<R::Id> {
+        let sealed = self.key.seal(R::KIND.aad(), &record.encode());
+        let id = R::Id::from_bytes(*blake3::hash(&sealed).as_bytes());
+        self.backend.write(&object_path::<R>(&id), sealed)?;
+        Ok(id)
+    }
+
+    /// Loads, verifies and decodes a record.
+    pub fn load<R: ObjectRecord>(&self, id: &R::Id) -> Result<R> {
+        let path = object_path::<R>(id);
+        let sealed = self.backend.read(&path)?;
+        verify_name(&path, &sealed)?;
+        let plain = self
+            .key
+            .open(R::KIND.aad(), &sealed)
+            .map_err(|e| Error::Corrupt {
+                object: path.clone(),
+                detail: e.to_string(),
+            })?;
+        decode::<R>(&path, &plain)
+    }
+
+    /// Ids of all objects of a record's kind.
+    pub fn list<R: ObjectRecord>(&self) -> Result<Vec<R::Id>> {
+        let mut ids = Vec::new();
+        for path in self.backend.list(R::KIND.name())? {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            match parse_id(name) {
+                Some(b) => ids.push(R::Id::from_bytes(b)),
+                None => tracing::warn!(object = %path, "ignoring object with a malformed name"),
+            }
+        }
+        Ok(ids)
+    }
+
+    /// All snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let mut out = Vec::new();
+        for id in self.list::<Snapshot>()? {
+            out.push((id, self.load::<Snapshot>(&id)?));
+        }
+        out.sort_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Resolves `latest`, a full id, or a unique id prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
+        self.find_snapshot_where(spec, |_| true)
+    }
+
+    /// Like [`Repository::find_snapshot`] among snapshots accepted by `filter`.
+    pub fn find_snapshot_where(
+        &self,
+        spec: &str,
+        filter: impl Fn(&Snapshot) -> bool,
+    ) -> Result<(SnapshotId, Snapshot)> {
+        if spec == "latest" {
+            return self
+                .snapshots()?
+                .into_iter()
+                .filter(|(_, s)| filter(s))
+                .next_back()
+                .ok_or_else(|| Error::SnapshotNotFound(spec.to_owned()));
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        if spec_l.is_empty() || !spec_l.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::InvalidInput(format!(
+                "{spec:?} is neither `latest` nor a snapshot id"
+            )));
+        }
+        let matches: Vec<SnapshotId> = self
+            .list::<Snapshot>()?
+            .into_iter()
+            .filter(|id| id.to_hex().starts_with(&spec_l))
+            .collect();
+        match matches.as_slice() {
+            [] => Err(Error::SnapshotNotFound(spec.to_owned())),
+            [id] => {
+                let s = self.load::<Snapshot>(id)?;
+                if filter(&s) {
+                    Ok((*id, s))
+                } else {
+                    Err(Error::SnapshotNotFound(spec.to_owned()))
+                }
+            }
+            _ => Err(Error::AmbiguousSnapshot(spec.to_owned())),
+        }
+    }
+
+    /// Loads every index object into one lookup structure.
+    pub fn load_index(&self) -> Result<MasterIndex> {
+        let mut files = Vec::new();
+        for id in self.list::<IndexFile>()? {
+            files.push((id, self.load::<IndexFile>(&id)?));
+        }
+        Ok(MasterIndex::from_files(files))
+    }
+
+    /// Reads, opens and verifies one blob.
+    pub fn read_blob(&self, index: &MasterIndex, ty: BlobType, id: &BlobId) -> Result<Vec<u8>> {
+        let loc = index.lookup(id).ok_or_else(|| Error::MissingBlob {
+            id: id.to_hex(),
+            what: ty.name().into(),
+        })?;
+        let sealed = self.read_sealed(&loc)?;
+        self.open_sealed(&loc, id, &sealed)
+    }
+
+    /// Reads a blob's sealed bytes.
+    pub fn read_sealed(&self, loc: &BlobLocation) -> Result<Vec<u8>> {
+        self.backend.read_range(
+            &pack_path(&loc.pack),
+            loc.offset as u64..loc.offset as u64 + loc.length as u64,
+        )
+    }
+
+    /// Opens sealed blob bytes read from `loc`.
+    pub fn open_sealed(&self, loc: &BlobLocation, id: &BlobId, sealed: &[u8]) -> Result<Vec<u8>> {
+        open_blob(&self.key, loc.blob_type, id, loc.raw_length, sealed).map_err(|detail| {
+            Error::Corrupt {
+                object: pack_path(&loc.pack),
+                detail,
+            }
+        })
+    }
+
+    /// Loads a directory tree.
+    pub fn load_tree(&self, index: &MasterIndex, id: &TreeId) -> Result<Tree> {
+        let bytes = self.read_blob(index, BlobType::Tree, &BlobId::from(*id))?;
+        let tree = decode::<Tree>(&format!("tree {id}"), &bytes)?;
+        if !tree.is_sorted() {
+            return Err(Error::Corrupt {
+                object: format!("tree {id}"),
+                detail: "entries are not sorted and unique".into(),
+            });
+        }
+        Ok(tree)
+    }
+
+    /// Reads and opens a pack's header (used to verify packs and rebuild indexes).
+    pub fn read_pack_header(&self, id: &PackId) -> Result<(u64, PackHeader)> {
+        let path = pack_path(id);
+        let size = self.backend.size(&path)?;
+        let corrupt = |detail: String| Error::Corrupt {
+            object: path.clone(),
+            detail,
+        };
+        if size < TRAILER_LEN as u64 {
+            return Err(corrupt(format!("only {size} bytes long")));
+        }
+        let tail = self
+            .backend
+            .read_range(&path, size - TRAILER_LEN as u64..size)?;
+        let hlen = parse_trailer(&tail).ok_or_else(|| corrupt("bad trailer".into()))? as u64;
+        if hlen + TRAILER_LEN as u64 > size {
+            return Err(corrupt("header length exceeds the pack".into()));
+        }
+        let start = size - TRAILER_LEN as u64 - hlen;
+        let sealed = self.backend.read_range(&path, start..start + hlen)?;
+        let plain = self
+            .key
+            .open(ObjectKind::Pack.aad(), &sealed)
+            .map_err(|e| corrupt(format!("header: {e}")))?;
+        Ok((size, decode::<PackHeader>(&path, &plain)?))
+    }
+}
+
+/// Checks that an object's bytes hash to the id in its name.
+fn verify_name(path: &str, bytes: &[u8]) -> Result<()> {
+    let name = path.rsplit('/').next().unwrap_or_default();
+    if name != blake3::hash(bytes).to_hex().as_str() {
+        return Err(Error::Corrupt {
+            object: path.to_owned(),
+            detail: "content does not match its name (hash mismatch)".into(),
+        });
+    }
+    Ok(())
+}
+
+fn decode<R: Record>(object: &str, bytes: &[u8]) -> Result<R> {
+    R::decode(bytes).map_err(|source| Error::Decode {
+        object: object.to_owned(),
+        source,
+    })
+}
+
+/// This machine's host name (the node name in Kubernetes).
+pub fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+fn parse_id(name: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(name, &mut out).ok().map(|_| out)
+}
