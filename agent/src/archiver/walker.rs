@@ -239,6 +239,10 @@ impl Walker<'_> {
                 Ok(true)
             }
             Err(ReadError::Io(e)) => {
+                match previous {
+                    Some(_) => self.summary.files_changed -= 1,
+                    None => self.summary.files_new -= 1,
+                }
                 self.record_error(path, &e.to_string());
                 Ok(false)
             }
