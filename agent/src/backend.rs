@@ -147,7 +147,7 @@ impl Backend {
             action: "configuring",
             object: "backend".into(),
             location: display.clone(),
-            source,
+            source: Box::new(source),
         };
         let op = match location {
             Location::Fs(path) => {
@@ -210,7 +210,7 @@ impl Backend {
             action,
             object: object.to_owned(),
             location: self.location.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 

@@ -82,6 +82,10 @@ pub enum Command {
     Restore(RestoreOptions),
     /// Remove snapshots according to a retention policy.
     Forget(ForgetOptions),
+    /// Run the node agent (DaemonSet): execute PodVolumeBackups and PodVolumeRestores.
+    Agent(crate::worker::AgentArgs),
+    /// Init-container mode: wait until a restore into this volume has completed.
+    RestoreWait(crate::worker::restore_wait::RestoreWaitArgs),
 }
 
 impl Cli {
@@ -156,6 +160,8 @@ pub fn main() -> ExitCode {
         Command::Diff(a) => commands::snapshots::diff(&cli, a),
         Command::Restore(o) => commands::restore::run(&cli, o),
         Command::Forget(o) => commands::forget::run(&cli, o),
+        Command::Agent(a) => crate::worker::agent_command(a),
+        Command::RestoreWait(a) => crate::worker::restore_wait::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

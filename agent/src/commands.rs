@@ -57,10 +57,10 @@ pub fn with_progress<T>(
 /// A cancellation flag set by Ctrl-C.
 pub fn cancel_on_ctrl_c() -> &'static AtomicBool {
     static CANCEL: AtomicBool = AtomicBool::new(false);
-    let _ = crate::backend::runtime().spawn(async {
+    drop(crate::backend::runtime().spawn(async {
         if tokio::signal::ctrl_c().await.is_ok() {
             CANCEL.store(true, Ordering::Relaxed);
         }
-    });
+    }));
     &CANCEL
 }

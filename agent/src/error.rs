@@ -46,9 +46,9 @@ pub enum Error {
         object: String,
         /// Repository location.
         location: String,
-        /// The backend's error.
+        /// The backend's error (boxed: it is large and errors travel far).
         #[source]
-        source: opendal::Error,
+        source: Box<opendal::Error>,
     },
     /// An object exists but its bytes are wrong.
     #[error("{object} is damaged: {detail}")]

@@ -55,7 +55,7 @@ impl MasterIndex {
             }));
         }
         // Stable sort keeps the first location of duplicated blobs first; dedup keeps it.
-        m.entries.sort_by(|a, b| a.id.cmp(&b.id));
+        m.entries.sort_by_key(|e| e.id);
         m.entries.dedup_by(|later, first| later.id == first.id);
         m.entries.shrink_to_fit();
         m

@@ -21,5 +21,6 @@ pub mod packer;
 pub mod progress;
 pub mod repository;
 pub mod restorer;
+pub mod worker;
 
 pub use error::{Error, Result};

@@ -269,8 +269,7 @@ impl Repository {
             return self
                 .snapshots()?
                 .into_iter()
-                .filter(|(_, s)| filter(s))
-                .next_back()
+                .rfind(|(_, s)| filter(s))
                 .ok_or_else(|| Error::SnapshotNotFound(spec.to_owned()));
         }
         let spec_l = spec.to_ascii_lowercase();

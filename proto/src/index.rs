@@ -97,7 +97,7 @@ impl IndexFile {
 
     /// Sorts entries by id (call before encoding when built out of order).
     pub fn sort(&mut self) {
-        self.entries.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        self.entries.sort_unstable_by_key(|e| e.id);
     }
 }
 

@@ -15,5 +15,10 @@ pub mod retention;
 pub mod snapshot;
 pub mod tree;
 
-pub use id::{BlobId, ChunkId, IndexId, KeyId, PackId, SnapshotId, TreeId};
-pub use record::{DecodeError, ObjectKind, Record};
+pub use id::{BlobId, ChunkId, ConfigId, IndexId, KeyId, ObjectId, PackId, SnapshotId, TreeId};
+pub use record::{DecodeError, ObjectKind, ObjectRecord, Record};
+
+#[cfg(feature = "k8s")]
+pub mod crd;
+#[cfg(feature = "k8s")]
+pub mod k8s;

@@ -58,7 +58,7 @@ impl RetentionPolicy {
         // Newest first; ties broken by input position for determinism.
         order.sort_by(|&a, &b| items[b].0.cmp(&items[a].0).then(a.cmp(&b)));
 
-        let bucket_fns: [(Reason, fn(&DateTime<Utc>) -> i64, u32); 5] = [
+        let bucket_fns: [(Reason, BucketFn, u32); 5] = [
             (
                 Reason::Hourly,
                 |t| bucket_day(t) * 24 + t.hour() as i64,
@@ -108,6 +108,9 @@ impl RetentionPolicy {
         decisions
     }
 }
+
+/// Maps a time to its bucket number for one rule.
+type BucketFn = fn(&DateTime<Utc>) -> i64;
 
 fn bucket_day(t: &DateTime<Utc>) -> i64 {
     t.date_naive().num_days_from_ce() as i64

@@ -140,10 +140,8 @@ impl Walker<'_> {
                 continue;
             }
             match kind {
-                NodeKind::File => {
-                    if !self.file(path, &meta, &mut node, previous.as_ref())? {
-                        continue;
-                    }
+                NodeKind::File if !self.file(path, &meta, &mut node, previous.as_ref())? => {
+                    continue
                 }
                 NodeKind::Symlink => match std::fs::read_link(path) {
                     Ok(t) => node.symlink_target = t.as_os_str().as_bytes().to_vec(),

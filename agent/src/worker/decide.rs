@@ -1,0 +1,656 @@
+//! Pure decisions of the node agent: no I/O, no clock, no API server.
+//!
+//! - [`next_action`]: what to do with a PodVolumeBackup/Restore given its status, this node and
+//!   where its pod is. The rules:
+//!   - finished objects are left alone;
+//!   - an operation this process is running is only watched for `spec.cancel`;
+//!   - InProgress on another node belongs to that node's agent;
+//!   - InProgress on this node but not running in this process was interrupted by an agent
+//!     restart: it is claimed again and re-run once ([`NextAction::Resume`]; backups leave only
+//!     unreferenced packs when killed and restores are idempotent, so a re-run is safe); if it
+//!     was already resumed once it is failed ([`NextAction::Abandon`]) so a crash loop cannot
+//!     keep it InProgress forever;
+//!   - New: claimed when the pod is on this node; finished as Failed by whichever agent wins the
+//!     claim when the pod does not exist or has terminated; finished as Canceled when canceled
+//!     before it started; otherwise looked at again later.
+//! - Status construction for claims, progress and final phases.
+//! - [`ProgressThrottle`]: at most one progress patch per interval, none when nothing changed.
+//! - Engine options built from a spec, a pod and a resolved volume.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use podvault_proto::crd::{Phase, PodVolumeRestoreSpec, Progress as StatusProgress, RestoreMode};
+use podvault_proto::k8s::{Series, RESTORE_MARKER_DIR};
+use podvault_proto::retention::RetentionPolicy;
+
+use crate::archiver::BackupOptions;
+use crate::forget::ForgetOptions;
+use crate::progress::ProgressSnapshot;
+use crate::restorer::RestoreOptions;
+
+/// Condition type recorded when an interrupted operation is claimed again after a restart.
+pub const CONDITION_RESUMED: &str = "Resumed";
+
+/// Where an operation's pod is, seen from this agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodPlacement {
+    /// Scheduled to this node and not terminated.
+    ThisNode,
+    /// Scheduled to another node.
+    OtherNode(String),
+    /// Not scheduled yet.
+    Unscheduled,
+    /// Succeeded or Failed: its volumes are being torn down.
+    Terminated(String),
+    /// No such pod.
+    Missing,
+}
+
+/// Where `pod` (looked up by name, `None` when absent) is relative to `node`.
+pub fn placement(pod: Option<&Pod>, node: &str) -> PodPlacement {
+    let Some(pod) = pod else {
+        return PodPlacement::Missing;
+    };
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or_default();
+    match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+        None | Some("") => PodPlacement::Unscheduled,
+        Some(n) if n != node => PodPlacement::OtherNode(n.to_string()),
+        Some(_) if phase == "Succeeded" || phase == "Failed" => {
+            PodPlacement::Terminated(phase.to_string())
+        }
+        Some(_) => PodPlacement::ThisNode,
+    }
+}
+
+/// What the agent observed about one operation object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// `status.phase` (New when absent).
+    pub phase: Phase,
+    /// `status.node`.
+    pub status_node: Option<String>,
+    /// `spec.cancel`.
+    pub cancel: bool,
+    /// True when the status carries a [`CONDITION_RESUMED`] condition.
+    pub resumed_before: bool,
+    /// True when this process is running the operation right now.
+    pub running_here: bool,
+    /// `<namespace>/<pod>`, for messages.
+    pub pod_ref: String,
+}
+
+/// What to do next with an operation object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextAction {
+    /// Nothing to do until the object changes.
+    Ignore,
+    /// The pod must be looked up before deciding (call again with its placement).
+    LookUpPod,
+    /// Look again after this long (pod not scheduled yet).
+    Requeue(Duration),
+    /// Set the cancel flag of the operation this process is running.
+    Cancel,
+    /// Claim (New → InProgress) and run.
+    Claim,
+    /// Claim again (InProgress → InProgress, with a Resumed condition) and re-run.
+    Resume,
+    /// Claim straight into a final phase with a message; nothing runs.
+    Finish {
+        /// Final phase.
+        phase: Phase,
+        /// `status.message`.
+        message: String,
+    },
+}
+
+/// Decides what to do; `pod` is `None` until the caller has looked the pod up (only needed when
+/// the answer is [`NextAction::LookUpPod`]).
+pub fn next_action(obs: &Observed, node: &str, pod: Option<&PodPlacement>) -> NextAction {
+    if obs.phase.is_finished() {
+        return NextAction::Ignore;
+    }
+    if obs.running_here {
+        return if obs.cancel {
+            NextAction::Cancel
+        } else {
+            NextAction::Ignore
+        };
+    }
+    if obs.phase == Phase::InProgress {
+        if obs.status_node.as_deref() != Some(node) {
+            return NextAction::Ignore;
+        }
+        if obs.cancel {
+            return NextAction::Finish {
+                phase: Phase::Canceled,
+                message: format!("canceled; the agent on node {node} had restarted while it ran"),
+            };
+        }
+        if obs.resumed_before {
+            return NextAction::Finish {
+                phase: Phase::Failed,
+                message: format!(
+                    "interrupted twice by agent restarts on node {node}; not retrying again (create a new object to retry)"
+                ),
+            };
+        }
+        return NextAction::Resume;
+    }
+    let Some(pod) = pod else {
+        return NextAction::LookUpPod;
+    };
+    match pod {
+        PodPlacement::OtherNode(_) => NextAction::Ignore,
+        _ if obs.cancel => NextAction::Finish {
+            phase: Phase::Canceled,
+            message: "canceled before it started".into(),
+        },
+        PodPlacement::ThisNode => NextAction::Claim,
+        PodPlacement::Unscheduled => NextAction::Requeue(Duration::from_secs(15)),
+        PodPlacement::Missing => NextAction::Finish {
+            phase: Phase::Failed,
+            message: format!("pod {} not found", obs.pod_ref),
+        },
+        PodPlacement::Terminated(phase) => NextAction::Finish {
+            phase: Phase::Failed,
+            message: format!(
+                "pod {} has terminated (phase {phase}); its volumes are no longer mounted",
+                obs.pod_ref
+            ),
+        },
+    }
+}
+
+/// The fields PodVolumeBackup and PodVolumeRestore statuses share, as the agent writes them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CommonStatus {
+    /// Phase.
+    pub phase: Option<Phase>,
+    /// Node.
+    pub node: Option<String>,
+    /// Agent identity.
+    pub agent: Option<String>,
+    /// Claim time.
+    pub start_timestamp: Option<Time>,
+    /// Final time.
+    pub completion_timestamp: Option<Time>,
+    /// Message.
+    pub message: Option<String>,
+    /// Conditions.
+    pub conditions: Vec<Condition>,
+}
+
+/// The status written by a claim: InProgress (or `finish`'s final phase) on `node` by `agent`
+/// at `now`. A resume keeps the previous conditions and adds [`CONDITION_RESUMED`].
+pub fn claimed(
+    prev: &CommonStatus,
+    node: &str,
+    agent: &str,
+    now: &Time,
+    resume: bool,
+    finish: Option<(Phase, String)>,
+) -> CommonStatus {
+    let mut conditions = prev.conditions.clone();
+    let message = if resume {
+        conditions.retain(|c| c.type_ != CONDITION_RESUMED);
+        conditions.push(Condition {
+            type_: CONDITION_RESUMED.into(),
+            status: "True".into(),
+            reason: "AgentRestarted".into(),
+            message: format!("resumed by agent {agent} on node {node} after a restart"),
+            last_transition_time: now.clone(),
+            observed_generation: None,
+        });
+        format!("resumed by agent {agent} on node {node} after a restart")
+    } else {
+        format!("claimed by agent {agent} on node {node}")
+    };
+    match finish {
+        Some((phase, message)) => CommonStatus {
+            phase: Some(phase),
+            node: Some(node.into()),
+            agent: Some(agent.into()),
+            start_timestamp: prev.start_timestamp.clone().or_else(|| Some(now.clone())),
+            completion_timestamp: Some(now.clone()),
+            message: Some(message),
+            conditions,
+        },
+        None => CommonStatus {
+            phase: Some(Phase::InProgress),
+            node: Some(node.into()),
+            agent: Some(agent.into()),
+            start_timestamp: Some(now.clone()),
+            completion_timestamp: None,
+            message: Some(message),
+            conditions,
+        },
+    }
+}
+
+/// The status progress record for engine counters.
+pub fn status_progress(p: &ProgressSnapshot) -> StatusProgress {
+    StatusProgress::new(p.bytes_done, p.bytes_total, p.files_done, p.files_total)
+}
+
+/// Rate limit for progress patches: at most one per interval, and only when progress changed.
+#[derive(Debug, Clone)]
+pub struct ProgressThrottle {
+    interval: Duration,
+    last_at: Option<Instant>,
+    last: Option<StatusProgress>,
+}
+
+impl ProgressThrottle {
+    /// A throttle allowing one update per `interval`; the first update is due after one
+    /// interval from `start` (the claim already wrote the initial status).
+    pub fn new(interval: Duration, start: Instant) -> Self {
+        ProgressThrottle {
+            interval,
+            last_at: Some(start),
+            last: None,
+        }
+    }
+
+    /// True when `p` should be written now; records it as written.
+    pub fn due(&mut self, now: Instant, p: &StatusProgress) -> bool {
+        if self.last.as_ref() == Some(p) {
+            return false;
+        }
+        if let Some(at) = self.last_at {
+            if now.saturating_duration_since(at) < self.interval {
+                return false;
+            }
+        }
+        self.last_at = Some(now);
+        self.last = Some(p.clone());
+        true
+    }
+}
+
+/// Engine backup options for a volume at `path`: the snapshot `tags` (series, namespace, pod,
+/// pod uid, PVC, volume, node, then the spec's own), the spec's excludes plus the restore
+/// marker directory, the series' latest snapshot as parent, and the node as host.
+pub fn backup_options(
+    path: &std::path::Path,
+    tags: Vec<String>,
+    excludes: &[String],
+    parent: Option<String>,
+    node: &str,
+) -> BackupOptions {
+    let mut excludes = excludes.to_vec();
+    // Restore markers are transient hand-over files, never data.
+    excludes.push(RESTORE_MARKER_DIR.to_string());
+    BackupOptions {
+        paths: vec![path.to_path_buf()],
+        tags,
+        excludes,
+        parent,
+        force: false,
+        host: Some(node.to_string()),
+        threads: None,
+    }
+}
+
+/// Forget options applying `policy` to exactly the snapshots of `series` (one group).
+pub fn forget_options(policy: &RetentionPolicy, series: &Series) -> ForgetOptions {
+    ForgetOptions {
+        keep_last: policy.last,
+        keep_hourly: policy.hourly,
+        keep_daily: policy.daily,
+        keep_weekly: policy.weekly,
+        keep_monthly: policy.monthly,
+        keep_yearly: policy.yearly,
+        keep_tags: policy.tags.clone(),
+        tags: vec![series.tag()],
+        group_by: String::new(),
+        dry_run: false,
+    }
+}
+
+/// The series a restore's `latest` refers to: `claim` wins; else `pod`/`volume` name a pod
+/// series (each defaulting to the restore's own); with neither, the target volume's own
+/// series (a claim series for PVC-backed volumes). `namespace` defaults to the restore's.
+pub fn restore_series(
+    spec: &PodVolumeRestoreSpec,
+    restore_namespace: &str,
+    pod: &Pod,
+) -> Result<Series, String> {
+    let Some(sel) = &spec.snapshot.latest else {
+        return Err("spec.snapshot.latest is not set".into());
+    };
+    let ns = sel.namespace.as_deref().unwrap_or(restore_namespace);
+    if let Some(claim) = &sel.claim {
+        return Ok(Series::claim(ns, claim));
+    }
+    if sel.pod.is_some() || sel.volume.is_some() {
+        return Ok(Series::pod_volume(
+            ns,
+            sel.pod.as_deref().unwrap_or(&spec.pod),
+            sel.volume.as_deref().unwrap_or(&spec.volume),
+        ));
+    }
+    let own = Series::of_pod_volume(pod, &spec.volume).map_err(|e| e.to_string())?;
+    Ok(Series {
+        namespace: ns.to_string(),
+        source: own.source,
+    })
+}
+
+/// Engine restore options: snapshot `id` into `target`, the spec's include paths, and
+/// `delete` in Clean mode.
+pub fn restore_options(
+    spec: &PodVolumeRestoreSpec,
+    id: &str,
+    target: &std::path::Path,
+) -> RestoreOptions {
+    RestoreOptions {
+        snapshot: id.to_string(),
+        target: target.to_path_buf(),
+        includes: spec.include_paths.clone(),
+        delete: spec.mode == RestoreMode::Clean,
+        threads: 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podvault_proto::crd::{SeriesSelector, SnapshotSelector};
+
+    const NODE: &str = "node-a";
+
+    fn obs(phase: Phase) -> Observed {
+        Observed {
+            phase,
+            status_node: None,
+            cancel: false,
+            resumed_before: false,
+            running_here: false,
+            pod_ref: "shop/web-0".into(),
+        }
+    }
+
+    fn pod(node: Option<&str>, phase: &str) -> Pod {
+        let node = node.map(|n| format!("nodeName: {n}")).unwrap_or_default();
+        serde_yaml::from_str(&format!(
+            "
+metadata: {{name: web-0, namespace: shop, uid: u1}}
+spec:
+  {node}
+  containers: [{{name: c}}]
+  volumes:
+  - {{name: data, persistentVolumeClaim: {{claimName: data-web-0}}}}
+  - {{name: scratch, emptyDir: {{}}}}
+status: {{phase: {phase}}}
+"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn placement_of_pods() {
+        assert_eq!(placement(None, NODE), PodPlacement::Missing);
+        assert_eq!(
+            placement(Some(&pod(None, "Pending")), NODE),
+            PodPlacement::Unscheduled
+        );
+        assert_eq!(
+            placement(Some(&pod(Some("node-b"), "Running")), NODE),
+            PodPlacement::OtherNode("node-b".into())
+        );
+        assert_eq!(
+            placement(Some(&pod(Some(NODE), "Pending")), NODE),
+            PodPlacement::ThisNode
+        );
+        assert_eq!(
+            placement(Some(&pod(Some(NODE), "Succeeded")), NODE),
+            PodPlacement::Terminated("Succeeded".into())
+        );
+    }
+
+    #[test]
+    fn finished_objects_are_left_alone() {
+        for phase in [Phase::Completed, Phase::Failed, Phase::Canceled] {
+            let mut o = obs(phase);
+            o.cancel = true;
+            o.status_node = Some(NODE.into());
+            assert_eq!(
+                next_action(&o, NODE, Some(&PodPlacement::ThisNode)),
+                NextAction::Ignore
+            );
+        }
+    }
+
+    #[test]
+    fn new_objects_need_the_pod_then_are_claimed_only_on_its_node() {
+        let o = obs(Phase::New);
+        assert_eq!(next_action(&o, NODE, None), NextAction::LookUpPod);
+        assert_eq!(
+            next_action(&o, NODE, Some(&PodPlacement::ThisNode)),
+            NextAction::Claim
+        );
+        assert_eq!(
+            next_action(&o, NODE, Some(&PodPlacement::OtherNode("b".into()))),
+            NextAction::Ignore
+        );
+        assert_eq!(
+            next_action(&o, NODE, Some(&PodPlacement::Unscheduled)),
+            NextAction::Requeue(Duration::from_secs(15))
+        );
+        assert_eq!(
+            next_action(&o, NODE, Some(&PodPlacement::Missing)),
+            NextAction::Finish {
+                phase: Phase::Failed,
+                message: "pod shop/web-0 not found".into()
+            }
+        );
+        match next_action(&o, NODE, Some(&PodPlacement::Terminated("Failed".into()))) {
+            NextAction::Finish { phase, message } => {
+                assert_eq!(phase, Phase::Failed);
+                assert!(
+                    message.contains("has terminated (phase Failed)"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cancel_before_start_finishes_as_canceled_unless_other_node() {
+        let mut o = obs(Phase::New);
+        o.cancel = true;
+        for p in [PodPlacement::ThisNode, PodPlacement::Missing] {
+            assert_eq!(
+                next_action(&o, NODE, Some(&p)),
+                NextAction::Finish {
+                    phase: Phase::Canceled,
+                    message: "canceled before it started".into()
+                }
+            );
+        }
+        assert_eq!(
+            next_action(&o, NODE, Some(&PodPlacement::OtherNode("b".into()))),
+            NextAction::Ignore
+        );
+    }
+
+    #[test]
+    fn running_here_only_reacts_to_cancel() {
+        let mut o = obs(Phase::InProgress);
+        o.status_node = Some(NODE.into());
+        o.running_here = true;
+        assert_eq!(next_action(&o, NODE, None), NextAction::Ignore);
+        o.cancel = true;
+        assert_eq!(next_action(&o, NODE, None), NextAction::Cancel);
+    }
+
+    #[test]
+    fn restart_rule_resumes_once_then_fails() {
+        let mut o = obs(Phase::InProgress);
+        o.status_node = Some("node-b".into());
+        assert_eq!(next_action(&o, NODE, None), NextAction::Ignore);
+        o.status_node = Some(NODE.into());
+        assert_eq!(next_action(&o, NODE, None), NextAction::Resume);
+        o.resumed_before = true;
+        match next_action(&o, NODE, None) {
+            NextAction::Finish { phase, message } => {
+                assert_eq!(phase, Phase::Failed);
+                assert!(message.contains("interrupted twice"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        o.cancel = true;
+        assert!(matches!(
+            next_action(&o, NODE, None),
+            NextAction::Finish {
+                phase: Phase::Canceled,
+                ..
+            }
+        ));
+    }
+
+    fn t(s: &str) -> Time {
+        Time(s.parse().unwrap())
+    }
+
+    #[test]
+    fn claim_statuses() {
+        let now = t("2025-03-10T12:00:00Z");
+        let c = claimed(&CommonStatus::default(), NODE, "agent-x", &now, false, None);
+        assert_eq!(c.phase, Some(Phase::InProgress));
+        assert_eq!(c.node.as_deref(), Some(NODE));
+        assert_eq!(c.agent.as_deref(), Some("agent-x"));
+        assert_eq!(c.start_timestamp, Some(now.clone()));
+        assert!(c.conditions.is_empty());
+        let later = t("2025-03-10T12:05:00Z");
+        let r = claimed(&c, NODE, "agent-y", &later, true, None);
+        assert_eq!(r.conditions.len(), 1);
+        assert_eq!(r.conditions[0].type_, CONDITION_RESUMED);
+        assert_eq!(r.start_timestamp, Some(later.clone()));
+        // Resuming twice keeps one condition.
+        let r2 = claimed(&r, NODE, "agent-y", &later, true, None);
+        assert_eq!(r2.conditions.len(), 1);
+        let f = claimed(
+            &c,
+            NODE,
+            "agent-x",
+            &later,
+            false,
+            Some((Phase::Failed, "boom".into())),
+        );
+        assert_eq!(f.phase, Some(Phase::Failed));
+        assert_eq!(f.start_timestamp, Some(now));
+        assert_eq!(f.completion_timestamp, Some(later));
+        assert_eq!(f.message.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn throttle_waits_an_interval_and_skips_unchanged() {
+        let start = Instant::now();
+        let mut th = ProgressThrottle::new(Duration::from_secs(3), start);
+        let p1 = StatusProgress::new(10, 100, 1, 10);
+        assert!(!th.due(start + Duration::from_secs(1), &p1));
+        assert!(th.due(start + Duration::from_secs(3), &p1));
+        // Same progress later: nothing to write.
+        assert!(!th.due(start + Duration::from_secs(10), &p1));
+        let p2 = StatusProgress::new(20, 100, 2, 10);
+        assert!(!th.due(start + Duration::from_secs(4), &p2));
+        assert!(th.due(start + Duration::from_secs(6), &p2));
+        assert_eq!(
+            status_progress(&ProgressSnapshot {
+                bytes_done: 50,
+                bytes_total: 200,
+                files_done: 1,
+                files_total: 2,
+                ..Default::default()
+            })
+            .percent,
+            25
+        );
+    }
+
+    #[test]
+    fn engine_options_from_spec() {
+        let o = backup_options(
+            std::path::Path::new("/k/pods/u/volumes/x/data"),
+            vec!["series=shop/pvc/data-web-0".into()],
+            &["*.tmp".into()],
+            Some("abcd".into()),
+            NODE,
+        );
+        assert_eq!(o.host.as_deref(), Some(NODE));
+        assert_eq!(o.parent.as_deref(), Some("abcd"));
+        assert_eq!(o.excludes, vec!["*.tmp".to_string(), ".podvault".into()]);
+        assert!(!o.force);
+
+        let policy: RetentionPolicy = "last=3,daily=7".parse().unwrap();
+        let f = forget_options(&policy, &Series::claim("shop", "data-web-0"));
+        assert_eq!((f.keep_last, f.keep_daily, f.keep_hourly), (3, 7, 0));
+        assert_eq!(f.tags, vec!["series=shop/pvc/data-web-0".to_string()]);
+        assert_eq!(f.group_by, "");
+        assert!(!f.dry_run);
+
+        let mut spec = PodVolumeRestoreSpec {
+            pod: "web-0".into(),
+            volume: "data".into(),
+            include_paths: vec!["db/".into()],
+            mode: RestoreMode::Clean,
+            ..Default::default()
+        };
+        let r = restore_options(&spec, "ff00", std::path::Path::new("/t"));
+        assert!(r.delete);
+        assert_eq!(r.includes, vec!["db/".to_string()]);
+        spec.mode = RestoreMode::Merge;
+        assert!(!restore_options(&spec, "ff00", std::path::Path::new("/t")).delete);
+    }
+
+    #[test]
+    fn restore_series_defaults_to_the_target() {
+        let p = pod(Some(NODE), "Running");
+        let mut spec = PodVolumeRestoreSpec {
+            pod: "web-0".into(),
+            volume: "data".into(),
+            snapshot: SnapshotSelector {
+                id: None,
+                latest: Some(SeriesSelector::default()),
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            restore_series(&spec, "shop", &p).unwrap().key(),
+            "shop/pvc/data-web-0"
+        );
+        spec.volume = "scratch".into();
+        assert_eq!(
+            restore_series(&spec, "shop", &p).unwrap().key(),
+            "shop/pod/web-0/scratch"
+        );
+        spec.snapshot.latest = Some(SeriesSelector {
+            namespace: Some("other".into()),
+            pod: Some("web-1".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            restore_series(&spec, "shop", &p).unwrap().key(),
+            "other/pod/web-1/scratch"
+        );
+        spec.snapshot.latest = Some(SeriesSelector {
+            claim: Some("db".into()),
+            pod: Some("ignored".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            restore_series(&spec, "shop", &p).unwrap().key(),
+            "shop/pvc/db"
+        );
+        spec.snapshot.latest = None;
+        assert!(restore_series(&spec, "shop", &p).is_err());
+    }
+}

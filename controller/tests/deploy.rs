@@ -1,0 +1,329 @@
+//! Keeps `deploy/` honest: the CRDs are exactly what `crdgen` prints, and every plain
+//! manifest and example parses into the Kubernetes (or podvault) type of its kind without
+//! losing a field, so a typo or a stale field fails here instead of in a cluster.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::DynamicObject;
+use podvault_proto::crd::{BackupRepository, PodVolumeBackup, PodVolumeRestore};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn documents(path: &Path) -> Vec<Value> {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no YAML in {}", dir.display());
+    files
+}
+
+/// Checks that everything written in `original` survived in `typed` (which may add defaults).
+fn assert_kept(original: &Value, typed: &Value, path: &str) {
+    match (original, typed) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                if v.is_null() {
+                    continue;
+                }
+                let Some(w) = b.get(k) else {
+                    panic!("{path}.{k}: dropped (unknown or misspelt field)");
+                };
+                assert_kept(v, w, &format!("{path}.{k}"));
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{path}: list length changed");
+            for (i, (v, w)) in a.iter().zip(b).enumerate() {
+                assert_kept(v, w, &format!("{path}[{i}]"));
+            }
+        }
+        (a, b) => assert_eq!(a, b, "{path}: value changed"),
+    }
+}
+
+/// Parses `doc` as `T` and checks that nothing was dropped (unknown or misspelt fields).
+fn typed<T: DeserializeOwned + Serialize>(doc: &Value, origin: &str) -> T {
+    let obj: T = serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{origin}: {e}"));
+    assert_kept(doc, &serde_json::to_value(&obj).unwrap(), origin);
+    obj
+}
+
+/// Parses one document by its kind; returns the kind.
+fn check(doc: &Value, origin: &str) -> String {
+    let api_version = doc["apiVersion"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{origin}: no apiVersion"));
+    let kind = doc["kind"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{origin}: no kind"))
+        .to_string();
+    let origin = format!("{origin} ({kind})");
+    match (api_version, kind.as_str()) {
+        ("v1", "Namespace") => drop(typed::<Namespace>(doc, &origin)),
+        ("v1", "ServiceAccount") => drop(typed::<ServiceAccount>(doc, &origin)),
+        ("v1", "Service") => drop(typed::<Service>(doc, &origin)),
+        ("v1", "Secret") => drop(typed::<Secret>(doc, &origin)),
+        ("v1", "Pod") => drop(typed::<Pod>(doc, &origin)),
+        ("apps/v1", "DaemonSet") => drop(typed::<DaemonSet>(doc, &origin)),
+        ("apps/v1", "Deployment") => drop(typed::<Deployment>(doc, &origin)),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => drop(typed::<ClusterRole>(doc, &origin)),
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            drop(typed::<ClusterRoleBinding>(doc, &origin))
+        }
+        ("rbac.authorization.k8s.io/v1", "Role") => drop(typed::<Role>(doc, &origin)),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => drop(typed::<RoleBinding>(doc, &origin)),
+        ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
+            drop(typed::<CustomResourceDefinition>(doc, &origin))
+        }
+        ("podvault.dev/v1alpha1", "PodVolumeBackup") => {
+            drop(typed::<PodVolumeBackup>(doc, &origin))
+        }
+        ("podvault.dev/v1alpha1", "PodVolumeRestore") => {
+            let pvr = typed::<PodVolumeRestore>(doc, &origin);
+            pvr.spec
+                .snapshot
+                .validate()
+                .unwrap_or_else(|e| panic!("{origin}: {e}"));
+        }
+        ("podvault.dev/v1alpha1", "BackupRepository") => {
+            let repo = typed::<BackupRepository>(doc, &origin);
+            repo.spec
+                .validate()
+                .unwrap_or_else(|e| panic!("{origin}: {e}"));
+        }
+        ("monitoring.coreos.com/v1", "ServiceMonitor" | "PrometheusRule") => {
+            let obj: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
+            assert!(obj.metadata.name.is_some(), "{origin}: no name");
+            assert!(doc["spec"].is_object(), "{origin}: no spec");
+        }
+        other => panic!("{origin}: unexpected kind {other:?}"),
+    }
+    kind
+}
+
+#[test]
+fn crds_in_deploy_are_exactly_crdgen_output() {
+    let generated = podvault_controller::crds_yaml().unwrap();
+    for path in [
+        deploy().join("crds/crds.yaml"),
+        deploy().join("helm/podvault/crds/crds.yaml"),
+    ] {
+        let on_disk = fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == generated,
+            "{} is stale; regenerate with: cargo run -p podvault-controller --bin crdgen > {}",
+            path.display(),
+            path.display()
+        );
+    }
+    // And they are valid CRDs.
+    let docs = documents(&deploy().join("crds/crds.yaml"));
+    assert_eq!(docs.len(), 3);
+    for (i, doc) in docs.iter().enumerate() {
+        assert_eq!(
+            check(doc, &format!("crds.yaml#{i}")),
+            "CustomResourceDefinition"
+        );
+    }
+}
+
+#[test]
+fn every_manifest_and_example_parses_into_its_type() {
+    let mut kinds = Vec::new();
+    for dir in ["manifests", "examples"] {
+        for file in yaml_files(&deploy().join(dir)) {
+            for (i, doc) in documents(&file).iter().enumerate() {
+                kinds.push(check(doc, &format!("{}#{i}", file.display())));
+            }
+        }
+    }
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "Role",
+        "DaemonSet",
+        "Deployment",
+        "Service",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "PodVolumeBackup",
+        "PodVolumeRestore",
+        "BackupRepository",
+        "Secret",
+        "Pod",
+    ] {
+        assert!(kinds.iter().any(|k| k == kind), "no {kind} in deploy/");
+    }
+}
+
+fn manifest<T: DeserializeOwned>(file: &str, kind: &str, name: &str) -> T {
+    let doc = documents(&deploy().join("manifests").join(file))
+        .into_iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name} not in {file}"));
+    serde_json::from_value(doc).unwrap()
+}
+
+#[test]
+fn agent_daemonset_sees_kubelet_pods_and_knows_its_node() {
+    let ds: DaemonSet = manifest("20-agent.yaml", "DaemonSet", "podvault-agent");
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let c = &pod.containers[0];
+    assert_eq!(c.args.as_deref(), Some(&["agent".to_string()][..]));
+    let env = c.env.as_ref().unwrap();
+    let node = env.iter().find(|e| e.name == "NODE_NAME").unwrap();
+    let field = node
+        .value_from
+        .as_ref()
+        .unwrap()
+        .field_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(field.field_path, "spec.nodeName");
+    let mount = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "kubelet-pods")
+        .unwrap();
+    assert_eq!(mount.mount_path, "/var/lib/kubelet/pods");
+    assert_eq!(mount.mount_propagation.as_deref(), Some("HostToContainer"));
+    let vol = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "kubelet-pods")
+        .unwrap();
+    assert_eq!(vol.host_path.unwrap().path, "/var/lib/kubelet/pods");
+    assert_eq!(pod.service_account_name.as_deref(), Some("podvault-agent"));
+}
+
+#[test]
+fn rbac_is_least_privilege() {
+    let docs = documents(&deploy().join("manifests/10-rbac.yaml"));
+    for doc in &docs {
+        if doc["kind"] == "ClusterRole" {
+            let role: ClusterRole = serde_json::from_value(doc.clone()).unwrap();
+            for rule in role.rules.unwrap_or_default() {
+                let resources = rule.resources.unwrap_or_default();
+                assert!(
+                    !resources.iter().any(|r| r == "secrets" || r == "*"),
+                    "ClusterRole {:?} grants {resources:?}",
+                    role.metadata.name
+                );
+                assert!(!rule.verbs.iter().any(|v| v == "*"));
+            }
+        }
+    }
+    let secrets: Role = manifest("10-rbac.yaml", "Role", "podvault-agent-secrets");
+    assert_eq!(secrets.metadata.namespace.as_deref(), Some("podvault"));
+    let rule = &secrets.rules.unwrap()[0];
+    assert_eq!(rule.verbs, vec!["get"]);
+    // The agent writes only the status of PVBs/PVRs, never their spec.
+    let agent: ClusterRole = manifest("10-rbac.yaml", "ClusterRole", "podvault-agent");
+    for rule in agent.rules.unwrap() {
+        let writes = rule.verbs.iter().any(|v| v == "update" || v == "patch");
+        let resources = rule.resources.unwrap_or_default();
+        if writes && rule.api_groups.as_deref() == Some(&["podvault.dev".to_string()][..]) {
+            assert!(
+                resources.iter().all(|r| r.ends_with("/status")),
+                "{resources:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn alerts_use_metrics_the_controller_exports() {
+    let docs = documents(&deploy().join("manifests/60-prometheusrule.yaml"));
+    let rules = docs[0]["spec"]["groups"][0]["rules"].as_array().unwrap();
+    let alerts: Vec<_> = rules.iter().map(|r| r["alert"].as_str().unwrap()).collect();
+    assert_eq!(
+        alerts,
+        [
+            "PodvaultBackupFailed",
+            "PodvaultBackupStale",
+            "PodvaultAgentMissing"
+        ]
+    );
+    let stale = rules[1]["expr"].as_str().unwrap();
+    let metrics = podvault_controller::metrics::Metrics::new().unwrap();
+    metrics
+        .schedule_interval
+        .with_label_values(&["ns", "pvc/x"])
+        .set(1.0);
+    metrics
+        .last_success
+        .with_label_values(&["ns", "pvc/x"])
+        .set(1.0);
+    let text = metrics.render();
+    for name in [
+        "podvault_backup_last_success_timestamp_seconds",
+        "podvault_backup_schedule_interval_seconds",
+    ] {
+        assert!(stale.contains(name), "stale alert lacks {name}");
+        assert!(text.contains(&format!("{name}{{namespace=\"ns\",series=\"pvc/x\"}}")));
+    }
+    assert!(stale.contains("2 *"));
+}
+
+#[test]
+fn helm_chart_mirrors_the_manifests() {
+    let chart = deploy().join("helm/podvault");
+    let values = documents(&chart.join("values.yaml")).remove(0);
+    for key in ["image", "repository", "controller", "agent"] {
+        assert!(values[key].is_object(), "values.yaml lacks {key}");
+    }
+    assert_eq!(values["agent"]["kubeletRootDir"], "/var/lib/kubelet");
+    assert_eq!(values["agent"]["concurrency"], 2);
+    assert!(values["controller"]["defaultSchedule"].is_string());
+    let chart_yaml = documents(&chart.join("Chart.yaml")).remove(0);
+    assert_eq!(chart_yaml["name"], "podvault");
+    for file in yaml_files(&chart.join("templates")) {
+        let text = fs::read_to_string(&file).unwrap();
+        assert!(
+            !text.contains("namespace: podvault\n"),
+            "{}: hard-coded namespace",
+            file.display()
+        );
+    }
+    let agent = fs::read_to_string(chart.join("templates/agent.yaml")).unwrap();
+    assert!(agent.contains("mountPropagation: HostToContainer"));
+    assert!(agent.contains("fieldPath: spec.nodeName"));
+}
+
+#[test]
+fn dashboard_is_valid_json_over_podvault_metrics() {
+    let text = fs::read_to_string(deploy().join("grafana/podvault-dashboard.json")).unwrap();
+    let dash: Value = serde_json::from_str(&text).unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 6);
+    for p in panels {
+        for t in p["targets"].as_array().unwrap() {
+            assert!(t["expr"].as_str().unwrap().contains("podvault_"), "{t}");
+        }
+    }
+}

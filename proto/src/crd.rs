@@ -1,0 +1,637 @@
+//! Custom resources of the `podvault.dev/v1alpha1` API group.
+//!
+//! Three kinds:
+//! - [`PodVolumeBackup`] (`pvb`, namespaced): back up one volume of one pod, once.
+//! - [`PodVolumeRestore`] (`pvr`, namespaced): restore one snapshot into one pod's volume.
+//! - [`BackupRepository`] (`bkrepo`, cluster-scoped): where a repository lives and which
+//!   Secrets hold its password and S3 credentials.
+//!
+//! PVBs and PVRs live in the namespace of the pod they act on. Their `spec` is written by users
+//! or the controller and never changed by the agent; their `status` is written only by the agent
+//! that claimed them (claim = a status update from [`Phase::New`] to [`Phase::InProgress`] with a
+//! `resourceVersion` precondition, so exactly one agent runs each object). An object with no
+//! status at all is [`Phase::New`]. Finished phases ([`Phase::Completed`], [`Phase::Failed`],
+//! [`Phase::Canceled`]) are final: nothing moves an object out of them.
+//!
+//! Timestamps are `meta/v1` `Time` (RFC 3339, UTC) so `kubectl` and other tools read them as
+//! usual; conditions are standard `meta/v1` `Condition`s keyed by `type`.
+
+// Repeated `printcolumn(type_ = "string", …)` arguments are distinct columns, not duplicates.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every podvault resource.
+pub const GROUP: &str = "podvault.dev";
+/// API version of every podvault resource.
+pub const VERSION: &str = "v1alpha1";
+
+/// Where an operation (backup or restore) is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Phase {
+    /// Created, not yet claimed by an agent (also what a missing status means).
+    #[default]
+    New,
+    /// Claimed by the agent on the pod's node and running.
+    InProgress,
+    /// Finished successfully.
+    Completed,
+    /// Finished with an error; `status.message` says which.
+    Failed,
+    /// Stopped because `spec.cancel` was set.
+    Canceled,
+}
+
+impl Phase {
+    /// True for the final phases (Completed, Failed, Canceled).
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Completed | Phase::Failed | Phase::Canceled)
+    }
+
+    /// The phase as written in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::New => "New",
+            Phase::InProgress => "InProgress",
+            Phase::Completed => "Completed",
+            Phase::Failed => "Failed",
+            Phase::Canceled => "Canceled",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How far an operation has got.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Bytes processed so far.
+    #[serde(default)]
+    pub bytes_done: u64,
+    /// Bytes to process in total (0 while still counting).
+    #[serde(default)]
+    pub bytes_total: u64,
+    /// Files processed so far.
+    #[serde(default)]
+    pub files_done: u64,
+    /// Files to process in total (0 while still counting).
+    #[serde(default)]
+    pub files_total: u64,
+    /// `bytes_done / bytes_total` in percent, 0–100 (the `Progress` printer column).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: u32,
+}
+
+impl Progress {
+    /// Builds a progress record and computes `percent` (clamped to 0–100; 0 when the total is
+    /// unknown, 100 when both are 0 and files are all done).
+    pub fn new(bytes_done: u64, bytes_total: u64, files_done: u64, files_total: u64) -> Self {
+        let percent = if bytes_total > 0 {
+            ((u128::from(bytes_done) * 100) / u128::from(bytes_total)).min(100) as u32
+        } else if files_total > 0 && files_done >= files_total {
+            100
+        } else {
+            0
+        };
+        Progress {
+            bytes_done,
+            bytes_total,
+            files_done,
+            files_total,
+            percent,
+        }
+    }
+}
+
+/// Desired state of a [`PodVolumeBackup`]: back up `volume` of `pod` once.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "podvault.dev",
+    version = "v1alpha1",
+    kind = "PodVolumeBackup",
+    plural = "podvolumebackups",
+    shortname = "pvb",
+    category = "podvault",
+    namespaced,
+    status = "PodVolumeBackupStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "Backs up one volume of one pod (in this namespace) into a podvault repository, once.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Pod", type_ = "string", json_path = ".spec.pod"),
+    printcolumn(name = "Volume", type_ = "string", json_path = ".spec.volume"),
+    printcolumn(name = "Node", type_ = "string", json_path = ".status.node"),
+    printcolumn(
+        name = "Progress",
+        type_ = "integer",
+        json_path = ".status.progress.percent",
+        description = "percent of bytes done"
+    ),
+    printcolumn(name = "Snapshot", type_ = "string", json_path = ".status.snapshotId"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PodVolumeBackupSpec {
+    /// Name of the pod, in this object's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub pod: String,
+    /// Name of the volume in the pod's `spec.volumes`.
+    #[schemars(length(min = 1, max = 63))]
+    pub volume: String,
+    /// BackupRepository to write to; the agent's default repository when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// Extra tags recorded on the snapshot (besides namespace, pod, pod uid, PVC, volume, node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Path globs inside the volume not to back up (e.g. `*.tmp`, `cache/**`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excludes: Vec<String>,
+    /// Retention policy applied to the series after a successful backup, in the annotation
+    /// format (`last=3,daily=7,…`); no retention when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
+    /// Set to true to stop the backup; an unfinished backup then ends as Canceled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel: bool,
+}
+
+/// Observed state of a [`PodVolumeBackup`], written only by the agent that claimed it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodVolumeBackupStatus {
+    /// Where the backup is in its life; New when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Node whose agent claimed the backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Identity of the agent instance (its pod name) that claimed the backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Volume directory on the node that was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_path: Option<String>,
+    /// Series the snapshot belongs to (`<namespace>/pod/<pod>/<volume>` or
+    /// `<namespace>/pvc/<claim>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<String>,
+    /// Id of the snapshot written (set on Completed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// Bytes and files done so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Bytes of new (deduplicated, compressed) data added to the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_added: Option<u64>,
+    /// When the agent claimed the backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timestamp: Option<Time>,
+    /// When the backup reached a final phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_timestamp: Option<Time>,
+    /// Human-readable detail; on Failed, the precise error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Standard conditions, keyed by type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// How a restore treats files already in the target volume.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RestoreMode {
+    /// Write the snapshot's files over the volume; keep files the snapshot does not have.
+    #[default]
+    Merge,
+    /// Like Merge, then delete files (under the included paths) the snapshot does not have.
+    Clean,
+}
+
+/// Which series "latest" refers to. Every field defaults to the restore's own target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeriesSelector {
+    /// Namespace the series was backed up in; the PVR's namespace when absent. Another namespace
+    /// is allowed only when the BackupRepository sets `allowCrossNamespaceRestore`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Pod of a pod series (volumes that are not PVCs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Volume of a pod series.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    /// PersistentVolumeClaim of a PVC series (takes precedence over pod/volume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+}
+
+/// The snapshot to restore: exactly one of `id` or `latest`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSelector {
+    /// Snapshot id (full hex id or a unique prefix of at least 8 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{8,64}$"))]
+    pub id: Option<String>,
+    /// The newest snapshot of a series (`latest: {}` = the target's own series).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<SeriesSelector>,
+}
+
+impl SnapshotSelector {
+    /// Checks that exactly one of `id` and `latest` is set.
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.id, &self.latest) {
+            (Some(_), None) | (None, Some(_)) => Ok(()),
+            (Some(_), Some(_)) => Err("spec.snapshot: set either id or latest, not both".into()),
+            (None, None) => Err("spec.snapshot: set id or latest".into()),
+        }
+    }
+}
+
+/// Desired state of a [`PodVolumeRestore`]: restore a snapshot into `volume` of `pod`.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "podvault.dev",
+    version = "v1alpha1",
+    kind = "PodVolumeRestore",
+    plural = "podvolumerestores",
+    shortname = "pvr",
+    category = "podvault",
+    namespaced,
+    status = "PodVolumeRestoreStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "Restores a podvault snapshot into one volume of one pod (in this namespace).",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Pod", type_ = "string", json_path = ".spec.pod"),
+    printcolumn(name = "Volume", type_ = "string", json_path = ".spec.volume"),
+    printcolumn(name = "Node", type_ = "string", json_path = ".status.node"),
+    printcolumn(
+        name = "Progress",
+        type_ = "integer",
+        json_path = ".status.progress.percent",
+        description = "percent of bytes done"
+    ),
+    printcolumn(name = "Snapshot", type_ = "string", json_path = ".status.snapshotId"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PodVolumeRestoreSpec {
+    /// Name of the target pod, in this object's namespace (a running pod, or a new pod held by
+    /// a `podvault restore-wait` init container).
+    #[schemars(length(min = 1, max = 253))]
+    pub pod: String,
+    /// Name of the target volume in the pod's `spec.volumes`.
+    #[schemars(length(min = 1, max = 63))]
+    pub volume: String,
+    /// The snapshot to restore.
+    pub snapshot: SnapshotSelector,
+    /// BackupRepository to read from; the agent's default repository when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// Restore only these paths (relative to the volume root); everything when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include_paths: Vec<String>,
+    /// Merge into the volume (default) or also delete files the snapshot does not have.
+    #[serde(default)]
+    pub mode: RestoreMode,
+    /// Set to true to stop the restore; an unfinished restore then ends as Canceled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel: bool,
+}
+
+/// Observed state of a [`PodVolumeRestore`], written only by the agent that claimed it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodVolumeRestoreStatus {
+    /// Where the restore is in its life; New when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Node whose agent claimed the restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Identity of the agent instance (its pod name) that claimed the restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Volume directory on the node that was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_path: Option<String>,
+    /// Id of the snapshot restored (resolved when `latest` was asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// Bytes and files done so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Files written into the volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_restored: Option<u64>,
+    /// When the agent claimed the restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timestamp: Option<Time>,
+    /// When the restore reached a final phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_timestamp: Option<Time>,
+    /// Human-readable detail; on Failed, the precise error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Standard conditions, keyed by type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// An S3 (or S3-compatible) location.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Backend {
+    /// Endpoint URL (e.g. `https://minio.storage:9000`); AWS when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Bucket name (must exist).
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    /// Key prefix inside the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Region; `us-east-1` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Use path-style requests (`endpoint/bucket/key`), as most self-hosted servers need.
+    #[serde(default)]
+    pub path_style: bool,
+}
+
+/// A repository on a filesystem the agent can reach (e.g. an NFS mount in the agent pod).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FsBackend {
+    /// Absolute path inside the agent container.
+    #[schemars(regex(pattern = r"^/"))]
+    pub path: String,
+}
+
+/// Where a repository's objects are stored: exactly one of `s3` or `fs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryBackend {
+    /// S3-compatible object store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Backend>,
+    /// Filesystem path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs: Option<FsBackend>,
+}
+
+/// A key inside a Secret in the agent's own namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name (in the namespace podvault runs in).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret's data.
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+/// A Secret holding S3 credentials, in the agent's own namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3CredentialsRef {
+    /// Secret name (in the namespace podvault runs in).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key holding the access key id; `AWS_ACCESS_KEY_ID` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id_key: Option<String>,
+    /// Key holding the secret access key; `AWS_SECRET_ACCESS_KEY` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key_key: Option<String>,
+}
+
+/// Desired state of a [`BackupRepository`].
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "podvault.dev",
+    version = "v1alpha1",
+    kind = "BackupRepository",
+    plural = "backuprepositories",
+    shortname = "bkrepo",
+    category = "podvault",
+    status = "BackupRepositoryStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A podvault repository: where it lives and which Secrets hold its password and credentials.",
+    printcolumn(
+        name = "Bucket",
+        type_ = "string",
+        json_path = ".spec.backend.s3.bucket"
+    ),
+    printcolumn(name = "Path", type_ = "string", json_path = ".spec.backend.fs.path"),
+    printcolumn(
+        name = "Initialized",
+        type_ = "boolean",
+        json_path = ".status.initialized"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRepositorySpec {
+    /// Where the repository's objects are stored.
+    pub backend: RepositoryBackend,
+    /// Secret key holding the repository password.
+    pub password_secret: SecretKeyRef,
+    /// Secret holding S3 credentials (S3 backend only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<S3CredentialsRef>,
+    /// Allow PodVolumeRestores to restore snapshots taken in another namespace.
+    #[serde(default)]
+    pub allow_cross_namespace_restore: bool,
+}
+
+impl BackupRepositorySpec {
+    /// Checks that exactly one backend is set and that credentials go with S3 only.
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.backend.s3, &self.backend.fs) {
+            (Some(_), None) => Ok(()),
+            (None, Some(_)) if self.credentials_secret.is_some() => {
+                Err("spec.credentialsSecret is only used with spec.backend.s3".into())
+            }
+            (None, Some(_)) => Ok(()),
+            (Some(_), Some(_)) => Err("spec.backend: set either s3 or fs, not both".into()),
+            (None, None) => Err("spec.backend: set s3 or fs".into()),
+        }
+    }
+}
+
+/// Observed state of a [`BackupRepository`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRepositoryStatus {
+    /// True once an agent has found or created the repository's `config`.
+    #[serde(default)]
+    pub initialized: bool,
+    /// Human-readable detail about the last access error, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Standard conditions, keyed by type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::{CustomResourceExt, Resource};
+
+    #[test]
+    fn names_and_scopes_match_the_design() {
+        let pvb = PodVolumeBackup::crd();
+        assert_eq!(pvb.spec.group, "podvault.dev");
+        assert_eq!(pvb.spec.scope, "Namespaced");
+        assert_eq!(
+            pvb.spec.names.short_names.as_deref(),
+            Some(&["pvb".to_string()][..])
+        );
+        let pvr = PodVolumeRestore::crd();
+        assert_eq!(pvr.spec.scope, "Namespaced");
+        assert_eq!(
+            pvr.spec.names.short_names.as_deref(),
+            Some(&["pvr".to_string()][..])
+        );
+        let repo = BackupRepository::crd();
+        assert_eq!(repo.spec.scope, "Cluster");
+        assert_eq!(
+            repo.spec.names.short_names.as_deref(),
+            Some(&["bkrepo".to_string()][..])
+        );
+        assert_eq!(PodVolumeBackup::api_version(&()), "podvault.dev/v1alpha1");
+    }
+
+    #[test]
+    fn printer_columns_and_status_subresource() {
+        for crd in [PodVolumeBackup::crd(), PodVolumeRestore::crd()] {
+            let v = &crd.spec.versions[0];
+            let cols: Vec<_> = v
+                .additional_printer_columns
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            assert_eq!(
+                cols,
+                ["Phase", "Pod", "Volume", "Node", "Progress", "Snapshot", "Age"]
+            );
+            assert!(v.subresources.as_ref().unwrap().status.is_some());
+        }
+    }
+
+    #[test]
+    fn schema_validates_phases_and_lengths() {
+        let crd = serde_json::to_value(PodVolumeBackup::crd()).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+        let phases = &schema["status"]["properties"]["phase"]["enum"];
+        assert_eq!(
+            phases,
+            &serde_json::json!(["New", "InProgress", "Completed", "Failed", "Canceled"])
+        );
+        assert_eq!(schema["spec"]["properties"]["volume"]["maxLength"], 63);
+        assert_eq!(
+            schema["spec"]["required"],
+            serde_json::json!(["pod", "volume"])
+        );
+    }
+
+    #[test]
+    fn pvb_reads_from_yaml_and_missing_status_is_new() {
+        let pvb: PodVolumeBackup = serde_yaml::from_str(
+            "apiVersion: podvault.dev/v1alpha1\nkind: PodVolumeBackup\nmetadata:\n  name: b1\n  namespace: shop\nspec:\n  pod: web-0\n  volume: data\n  excludes: ['*.tmp']\n",
+        )
+        .unwrap();
+        assert_eq!(pvb.spec.pod, "web-0");
+        assert_eq!(pvb.spec.excludes, vec!["*.tmp".to_string()]);
+        assert!(!pvb.spec.cancel);
+        let phase = pvb
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or_default();
+        assert_eq!(phase, Phase::New);
+    }
+
+    #[test]
+    fn progress_percent() {
+        assert_eq!(Progress::new(50, 200, 1, 4).percent, 25);
+        assert_eq!(Progress::new(300, 200, 1, 4).percent, 100);
+        assert_eq!(Progress::new(10, 0, 0, 0).percent, 0);
+        assert_eq!(Progress::new(0, 0, 3, 3).percent, 100);
+        assert_eq!(Progress::new(u64::MAX, u64::MAX, 0, 0).percent, 100);
+    }
+
+    #[test]
+    fn finished_phases() {
+        assert!(!Phase::New.is_finished());
+        assert!(!Phase::InProgress.is_finished());
+        assert!(Phase::Completed.is_finished());
+        assert!(Phase::Failed.is_finished());
+        assert!(Phase::Canceled.is_finished());
+    }
+
+    #[test]
+    fn snapshot_selector_needs_exactly_one() {
+        let mut s = SnapshotSelector::default();
+        assert!(s.validate().unwrap_err().contains("set id or latest"));
+        s.id = Some("0123abcd".into());
+        assert!(s.validate().is_ok());
+        s.latest = Some(SeriesSelector::default());
+        assert!(s.validate().unwrap_err().contains("not both"));
+    }
+
+    #[test]
+    fn repository_needs_exactly_one_backend() {
+        let mut spec = BackupRepositorySpec::default();
+        assert!(spec.validate().unwrap_err().contains("set s3 or fs"));
+        spec.backend.fs = Some(FsBackend {
+            path: "/repo".into(),
+        });
+        assert!(spec.validate().is_ok());
+        spec.credentials_secret = Some(S3CredentialsRef {
+            name: "s3".into(),
+            ..Default::default()
+        });
+        assert!(spec.validate().unwrap_err().contains("credentialsSecret"));
+        spec.backend.s3 = Some(S3Backend {
+            bucket: "b".into(),
+            ..Default::default()
+        });
+        assert!(spec.validate().unwrap_err().contains("not both"));
+    }
+}

@@ -1,0 +1,149 @@
+//! Pod annotations users set, labels podvault puts on its objects, and value parsers.
+//!
+//! Lists are comma-separated; surrounding whitespace and empty items are ignored, so
+//! `"data, logs,"` means `data` and `logs`. The Velero annotation
+//! (`backup.velero.io/backup-volumes`) is accepted as an alias of the podvault one; when both
+//! are present the podvault one wins.
+
+use std::collections::BTreeMap;
+
+use crate::retention::{ParseRetentionError, RetentionPolicy};
+
+/// Prefix of every podvault pod annotation.
+pub const ANNOTATION_PREFIX: &str = "backup.podvault.dev/";
+/// Opt-in list of volumes to back up: `"data,logs"`.
+pub const BACKUP_VOLUMES: &str = "backup.podvault.dev/backup-volumes";
+/// Velero's opt-in annotation, accepted as an alias of [`BACKUP_VOLUMES`].
+pub const VELERO_BACKUP_VOLUMES: &str = "backup.velero.io/backup-volumes";
+/// Opt-out list of volumes when the controller runs in "all volumes" mode.
+pub const BACKUP_VOLUMES_EXCLUDES: &str = "backup.podvault.dev/backup-volumes-excludes";
+/// Cron schedule (5 fields, UTC); the controller's default when absent.
+pub const SCHEDULE: &str = "backup.podvault.dev/schedule";
+/// Retention policy: `"last=3,hourly=24,daily=7,weekly=4,monthly=6,yearly=1"`.
+pub const RETENTION: &str = "backup.podvault.dev/retention";
+/// Path globs inside the volume not to back up: `"*.tmp,cache/**"`.
+pub const EXCLUDE: &str = "backup.podvault.dev/exclude";
+/// BackupRepository name; the controller's default when absent.
+pub const REPOSITORY: &str = "backup.podvault.dev/repository";
+
+/// Label on controller-created PVBs: hash of the series key (see [`super::Series::hash`]).
+pub const LABEL_SERIES: &str = "podvault.dev/series";
+/// Label on controller-created PVBs: the kind of series, `pod` or `pvc`.
+pub const LABEL_SERIES_KIND: &str = "podvault.dev/series-kind";
+/// Label on every object podvault creates.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Annotation on controller-created PVBs: the full series key (label values are too short).
+pub const ANNOTATION_SERIES: &str = "podvault.dev/series";
+/// Annotation on controller-created PVBs: the schedule tick (RFC 3339) it was created for.
+pub const ANNOTATION_TICK: &str = "podvault.dev/scheduled-for";
+/// Directory inside a restored volume holding restore completion markers (`<pvr-uid>` files).
+pub const RESTORE_MARKER_DIR: &str = ".podvault";
+
+/// Splits a comma-separated annotation value into trimmed, non-empty items (order kept,
+/// duplicates removed).
+pub fn parse_list(value: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if !out.iter().any(|o| o == item) {
+            out.push(item.to_string());
+        }
+    }
+    out
+}
+
+/// The opt-in volume list of a pod, from [`BACKUP_VOLUMES`] or else its Velero alias;
+/// `None` when the pod has neither annotation.
+pub fn backup_volumes(annotations: &BTreeMap<String, String>) -> Option<Vec<String>> {
+    annotations
+        .get(BACKUP_VOLUMES)
+        .or_else(|| annotations.get(VELERO_BACKUP_VOLUMES))
+        .map(|v| parse_list(v))
+}
+
+/// The opt-out volume list of a pod (empty when absent).
+pub fn backup_volumes_excludes(annotations: &BTreeMap<String, String>) -> Vec<String> {
+    annotations
+        .get(BACKUP_VOLUMES_EXCLUDES)
+        .map(|v| parse_list(v))
+        .unwrap_or_default()
+}
+
+/// The exclude globs of a pod (empty when absent).
+pub fn excludes(annotations: &BTreeMap<String, String>) -> Vec<String> {
+    annotations
+        .get(EXCLUDE)
+        .map(|v| parse_list(v))
+        .unwrap_or_default()
+}
+
+/// The retention policy of a pod: `Ok(None)` when absent, an error naming the annotation when
+/// malformed or empty (the parser refuses a policy that would forget everything).
+pub fn retention(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Option<RetentionPolicy>, ParseRetentionError> {
+    let Some(value) = annotations.get(RETENTION) else {
+        return Ok(None);
+    };
+    let policy: RetentionPolicy =
+        value
+            .parse()
+            .map_err(|e: ParseRetentionError| ParseRetentionError {
+                spec: e.spec,
+                reason: format!("annotation {RETENTION}: {}", e.reason),
+            })?;
+    Ok(Some(policy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn list_parsing_trims_and_dedups() {
+        assert_eq!(parse_list(" data, logs,,data ,"), vec!["data", "logs"]);
+        assert!(parse_list("").is_empty());
+    }
+
+    #[test]
+    fn velero_alias_and_precedence() {
+        assert_eq!(backup_volumes(&ann(&[])), None);
+        assert_eq!(
+            backup_volumes(&ann(&[(VELERO_BACKUP_VOLUMES, "a,b")])),
+            Some(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            backup_volumes(&ann(&[(VELERO_BACKUP_VOLUMES, "a"), (BACKUP_VOLUMES, "c")])),
+            Some(vec!["c".into()])
+        );
+    }
+
+    #[test]
+    fn retention_annotation() {
+        assert_eq!(retention(&ann(&[])), Ok(None));
+        let p = retention(&ann(&[(RETENTION, "last=3,daily=7")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.last, p.daily), (3, 7));
+        assert!(retention(&ann(&[(RETENTION, "bogus=1")])).is_err());
+        let err = retention(&ann(&[(RETENTION, "")])).unwrap_err();
+        assert!(err.to_string().contains("no rule given"), "{err}");
+        assert!(err.to_string().contains(RETENTION), "{err}");
+    }
+
+    #[test]
+    fn excludes_lists() {
+        let a = ann(&[
+            (EXCLUDE, "*.tmp, cache/**"),
+            (BACKUP_VOLUMES_EXCLUDES, "tmp"),
+        ]);
+        assert_eq!(excludes(&a), vec!["*.tmp", "cache/**"]);
+        assert_eq!(backup_volumes_excludes(&a), vec!["tmp"]);
+    }
+}
