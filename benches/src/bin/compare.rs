@@ -155,7 +155,11 @@ fn main() -> Result<()> {
             )
         })?]
     };
-    if args.runs == 0 || !(args.scale > 0.0) || !(0.0..=1.0).contains(&args.change) {
+    if args.runs == 0
+        || args.scale.is_nan()
+        || args.scale <= 0.0
+        || !(0.0..=1.0).contains(&args.change)
+    {
         bail!("--runs must be ≥ 1, --scale > 0 and --change within 0..=1");
     }
     let data_dir = match &args.data_dir {
