@@ -17,7 +17,13 @@
 //! ## Order of writes
 //! packs → index → snapshot. The snapshot is saved only after [`PackSink::finish`] confirms
 //! every pack is durable and indexed, so a crash leaves at most unreferenced packs (and
-//! index objects for packs that were completed, which the next backup reuses).
+//! index objects for packs that were completed). The next backup reuses both: it starts by
+//! indexing packs no index object lists yet ([`prune::adopt_orphan_packs`]).
+//!
+//! ## Prune running beside
+//! The walker records every pack it deduplicates against; just before the snapshot is
+//! written, [`prune::check_dependencies`] makes sure no prune has marked one of them for
+//! deletion long enough ago that it may already be gone (see [`crate::prune`]).
 
 mod sink;
 mod walker;
@@ -33,12 +39,13 @@ use crossbeam_channel::{bounded, Receiver};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use podvault_proto::pack::BlobType;
 use podvault_proto::snapshot::{Snapshot, Summary};
-use podvault_proto::{BlobId, SnapshotId, TreeId};
+use podvault_proto::{BlobId, SnapshotId};
 
 use crate::blob::BlobEncoder;
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
+use crate::prune;
 use crate::repository::{hostname, Repository};
 pub use sink::PackSink;
 use walker::Walker;
@@ -103,7 +110,14 @@ pub fn backup(
     tags.sort();
     tags.dedup();
 
-    let index = repo.load_index()?;
+    let mut index = repo.load_index()?;
+    let adopted = prune::adopt_orphan_packs(repo, &mut index)?;
+    if adopted > 0 {
+        tracing::info!(
+            packs = adopted,
+            "reusing packs left by an interrupted backup"
+        );
+    }
     let parent = match &opts.parent {
         Some(spec) => Some(repo.find_snapshot(spec)?),
         None => repo
@@ -122,7 +136,7 @@ pub fn backup(
         .unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get()))
         .max(1);
     let scan_done = AtomicBool::new(false);
-    let (root, summary) = thread::scope(|scope| -> Result<(TreeId, Summary)> {
+    let (root, summary, used_packs) = thread::scope(|scope| -> Result<_> {
         scope.spawn(|| scan(&roots, &excludes, progress, &scan_done));
         let (tx, rx) = bounded::<Job>(threads * 2);
         let mut workers = Vec::new();
@@ -148,6 +162,7 @@ pub fn backup(
             hardlinks: HashMap::new(),
             tree_encoder: BlobEncoder::new(repo.config().compression_level)
                 .map_err(|e| Error::InvalidInput(format!("zstd: {e}")))?,
+            used_packs: HashSet::new(),
         };
         let walked = walker.walk_roots(&roots, parent_tree);
         // Closing the channel lets the workers drain and exit, whatever happened.
@@ -164,9 +179,12 @@ pub fn backup(
         }
         let root = walked?;
         worker_result?;
-        Ok((root, walker.summary))
+        Ok((root, walker.summary, walker.used_packs))
     })?;
     sink.finish()?;
+    let mut depends = used_packs;
+    depends.extend(sink.written_packs());
+    prune::check_dependencies(repo, &index, &depends)?;
 
     let mut summary = summary;
     summary.bytes_stored = sink.stored.load(Ordering::Relaxed);

@@ -82,6 +82,12 @@ pub enum Command {
     Restore(RestoreOptions),
     /// Remove snapshots according to a retention policy.
     Forget(ForgetOptions),
+    /// Reclaim space from forgotten snapshots (two-phase; safe beside running backups).
+    Prune(crate::prune::PruneOptions),
+    /// Verify the repository's structure, and with --read-data its data.
+    Check(crate::check::CheckOptions),
+    /// Manage the repository's keys (passwords).
+    Key(commands::key::KeyArgs),
     /// Run the node agent (DaemonSet): execute PodVolumeBackups and PodVolumeRestores.
     Agent(crate::worker::AgentArgs),
     /// Init-container mode: wait until a restore into this volume has completed.
@@ -161,6 +167,9 @@ pub fn main() -> ExitCode {
         Command::Diff(a) => commands::snapshots::diff(&cli, a),
         Command::Restore(o) => commands::restore::run(&cli, o),
         Command::Forget(o) => commands::forget::run(&cli, o),
+        Command::Prune(o) => commands::prune::run(&cli, o),
+        Command::Check(o) => commands::check::run(&cli, o),
+        Command::Key(a) => commands::key::run(&cli, a),
         Command::Agent(a) => crate::worker::agent_command(a),
         Command::RestoreWait(a) => crate::worker::restore_wait::run(a),
     };

@@ -2,8 +2,11 @@
 //! result for people (or as JSON with `--json`).
 
 pub mod backup;
+pub mod check;
 pub mod forget;
 pub mod init;
+pub mod key;
+pub mod prune;
 pub mod restore;
 pub mod snapshots;
 

@@ -115,6 +115,11 @@ impl Error {
         }
     }
 
+    /// True when a backend object was not found.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Backend { source, .. } if source.kind() == opendal::ErrorKind::NotFound)
+    }
+
     /// A short fixed string naming the error class, for metric labels.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -3,11 +3,17 @@
 //! All entries live in one sorted array of fixed 48-byte records plus one table of packs, so a
 //! lookup is a binary search and memory is ~48 bytes per blob with no per-entry allocation
 //! (no hash map). Blobs present in several packs (concurrent writers may store the same blob)
-//! keep the first location. Index objects superseded by another are skipped.
+//! keep one location, preferring a pack that is not marked for deletion. Index objects
+//! superseded by another are skipped.
+//!
+//! Packs prune has marked for deletion ("pending", see [`crate::prune`]) stay readable — a
+//! snapshot written by a backup that started before the mark may still need them — but
+//! [`MasterIndex::contains`] does not count their blobs, so new backups store such blobs
+//! again instead of depending on data that is about to go.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use podvault_proto::index::{IndexEntry, IndexFile, PackInfo};
+use podvault_proto::index::{IndexEntry, IndexFile, PackInfo, PendingPack};
 use podvault_proto::pack::BlobType;
 use podvault_proto::{BlobId, IndexId, PackId};
 
@@ -24,14 +30,19 @@ pub struct BlobLocation {
     pub length: u32,
     /// Plaintext length.
     pub raw_length: u32,
+    /// The pack is marked for deletion.
+    pub pending: bool,
 }
 
 /// All index entries of a repository, merged and sorted.
 #[derive(Debug, Default)]
 pub struct MasterIndex {
     packs: Vec<PackInfo>,
+    /// Parallel to `packs`: marked for deletion.
+    pack_pending: Vec<bool>,
     entries: Vec<IndexEntry>,
     ids: Vec<IndexId>,
+    pending: HashMap<PackId, PendingPack>,
 }
 
 impl MasterIndex {
@@ -42,23 +53,40 @@ impl MasterIndex {
             .flat_map(|(_, f)| f.supersedes.iter().copied())
             .collect();
         let mut m = MasterIndex::default();
-        for (id, file) in files {
-            if superseded.contains(&id) {
-                continue;
+        let files: Vec<_> = files
+            .into_iter()
+            .filter(|(id, _)| !superseded.contains(id))
+            .collect();
+        for (_, file) in &files {
+            for p in &file.pending {
+                let at = m.pending.entry(p.id).or_insert(*p);
+                at.marked_at = at.marked_at.min(p.marked_at);
+                at.delete_after = at.delete_after.min(p.delete_after);
             }
+        }
+        for (id, file) in files {
             m.ids.push(id);
             let base = m.packs.len() as u32;
+            m.pack_pending
+                .extend(file.packs.iter().map(|p| m.pending.contains_key(&p.id)));
             m.packs.extend_from_slice(&file.packs);
             m.entries.extend(file.entries.into_iter().map(|mut e| {
                 e.pack += base;
                 e
             }));
         }
-        // Stable sort keeps the first location of duplicated blobs first; dedup keeps it.
-        m.entries.sort_by_key(|e| e.id);
+        // Stable sort puts the location in a live pack first (else the first seen); dedup
+        // keeps it.
+        let pending = &m.pack_pending;
+        m.entries.sort_by_key(|e| (e.id, pending[e.pack as usize]));
         m.entries.dedup_by(|later, first| later.id == first.id);
         m.entries.shrink_to_fit();
         m
+    }
+
+    /// Packs marked for deletion (earliest mark where several index objects mark one pack).
+    pub fn pending(&self) -> &HashMap<PackId, PendingPack> {
+        &self.pending
     }
 
     /// Index objects merged into this view.
@@ -66,7 +94,7 @@ impl MasterIndex {
         &self.ids
     }
 
-    /// Looks up a blob.
+    /// Looks up a blob (in a live pack if it has one, else in a pack marked for deletion).
     pub fn lookup(&self, id: &BlobId) -> Option<BlobLocation> {
         let i = self.entries.binary_search_by(|e| e.id.cmp(id)).ok()?;
         let e = &self.entries[i];
@@ -77,12 +105,20 @@ impl MasterIndex {
             offset: e.offset,
             length: e.length,
             raw_length: e.raw_length,
+            pending: self.pack_pending[e.pack as usize],
         })
     }
 
-    /// True when the blob is stored.
+    /// The live pack holding a blob, if any: what a backup may deduplicate against.
+    pub fn live_pack(&self, id: &BlobId) -> Option<PackId> {
+        let i = self.entries.binary_search_by(|e| e.id.cmp(id)).ok()?;
+        let e = &self.entries[i];
+        (!self.pack_pending[e.pack as usize]).then(|| self.packs[e.pack as usize].id)
+    }
+
+    /// True when the blob is stored in a pack that is not marked for deletion.
     pub fn contains(&self, id: &BlobId) -> bool {
-        self.entries.binary_search_by(|e| e.id.cmp(id)).is_ok()
+        self.live_pack(id).is_some()
     }
 
     /// Number of distinct blobs.
@@ -100,6 +136,11 @@ impl MasterIndex {
         let mut seen = HashSet::new();
         self.packs.iter().filter(move |p| seen.insert(p.id))
     }
+
+    /// True when `pack` is listed by an index object or marked for deletion.
+    pub fn knows_pack(&self, pack: &PackId) -> bool {
+        self.pending.contains_key(pack) || self.packs.iter().any(|p| p.id == *pack)
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +150,7 @@ mod tests {
     fn file(pack: u8, ids: &[u8]) -> IndexFile {
         let mut f = IndexFile {
             supersedes: vec![],
+            pending: vec![],
             packs: vec![PackInfo {
                 id: PackId([pack; 32]),
                 size: 1000,
@@ -144,5 +186,29 @@ mod tests {
         assert!(!m.contains(&BlobId([7; 32])));
         assert_eq!(m.index_ids().len(), 2);
         assert_eq!(m.packs().count(), 2);
+    }
+
+    #[test]
+    fn pending_packs_are_readable_but_not_reusable() {
+        let mut prune = file(2, &[1, 2]);
+        prune.pending = vec![PendingPack {
+            id: PackId([2; 32]),
+            marked_at: 100,
+            delete_after: 200,
+        }];
+        let m = MasterIndex::from_files(vec![
+            (IndexId([1; 32]), prune),
+            (IndexId([2; 32]), file(3, &[2])),
+        ]);
+        // Blob 1 lives only in the pending pack: readable, but a backup must store it again.
+        let loc = m.lookup(&BlobId([1; 32])).unwrap();
+        assert!(loc.pending);
+        assert!(!m.contains(&BlobId([1; 32])));
+        // Blob 2 has a live copy, which wins.
+        assert_eq!(m.live_pack(&BlobId([2; 32])), Some(PackId([3; 32])));
+        assert!(!m.lookup(&BlobId([2; 32])).unwrap().pending);
+        assert_eq!(m.pending()[&PackId([2; 32])].marked_at, 100);
+        assert!(m.knows_pack(&PackId([2; 32])));
+        assert!(!m.knows_pack(&PackId([9; 32])));
     }
 }

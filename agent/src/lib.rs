@@ -10,6 +10,7 @@
 pub mod archiver;
 pub mod backend;
 pub mod blob;
+pub mod check;
 pub mod chunker;
 pub mod cli;
 pub mod commands;
@@ -19,6 +20,7 @@ pub mod forget;
 pub mod index;
 pub mod packer;
 pub mod progress;
+pub mod prune;
 pub mod repository;
 pub mod restorer;
 pub mod worker;

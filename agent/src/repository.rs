@@ -14,7 +14,7 @@ use podvault_proto::pack::{parse_trailer, BlobType, PackHeader, TRAILER_LEN};
 use podvault_proto::snapshot::Snapshot;
 use podvault_proto::tree::Tree;
 use podvault_proto::{
-    BlobId, ObjectId, ObjectKind, ObjectRecord, PackId, Record, SnapshotId, TreeId,
+    BlobId, IndexId, ObjectId, ObjectKind, ObjectRecord, PackId, Record, SnapshotId, TreeId,
 };
 use rand::RngCore;
 
@@ -67,6 +67,8 @@ pub fn object_path<R: ObjectRecord>(id: &R::Id) -> String {
 pub struct Repository {
     backend: Backend,
     key: Arc<MasterKey>,
+    /// The key file that opened the repository.
+    key_id: Option<podvault_proto::KeyId>,
     config: Config,
 }
 
@@ -88,9 +90,10 @@ impl Repository {
         }
         let mut repository_id = [0u8; 32];
         rand::rng().fill_bytes(&mut repository_id);
-        let repo = Repository {
+        let mut repo = Repository {
             backend,
             key: Arc::new(MasterKey::generate()),
+            key_id: None,
             config: Config {
                 repository_id,
                 chunker: opts.chunker,
@@ -99,7 +102,7 @@ impl Repository {
             },
         };
         // Key first: a config without a key would be a repository nobody can open.
-        repo.add_key(password, opts.kdf)?;
+        repo.key_id = Some(repo.add_key(password, opts.kdf)?);
         repo.save(&repo.config)?;
         Ok(repo)
     }
@@ -138,14 +141,15 @@ impl Repository {
             })?;
             match crypto::unwrap_master_key(password, &kf.kdf, &sealed) {
                 Ok(Some(k)) => {
-                    key = Some(k);
+                    let name = path.rsplit('/').next().unwrap_or_default();
+                    key = Some((k, parse_id(name).map(podvault_proto::KeyId)));
                     break;
                 }
                 Ok(None) => {}
                 Err(detail) => damaged.push(format!("{path}: {detail}")),
             }
         }
-        let Some(key) = key else {
+        let Some((key, key_id)) = key else {
             if damaged.len() == keys.len() {
                 return Err(Error::Corrupt {
                     object: format!("{}/keys/", backend.location()),
@@ -172,6 +176,7 @@ impl Repository {
         Ok(Repository {
             backend,
             key: Arc::new(key),
+            key_id,
             config,
         })
     }
@@ -191,6 +196,49 @@ impl Repository {
         let id = podvault_proto::KeyId(*blake3::hash(&bytes).as_bytes());
         self.backend.write(&object_path::<KeyFile>(&id), bytes)?;
         Ok(id)
+    }
+
+    /// All key files, by id (damaged ones are errors naming them).
+    pub fn keys(&self) -> Result<Vec<(podvault_proto::KeyId, KeyFile)>> {
+        let mut out = Vec::new();
+        for id in self.list::<KeyFile>()? {
+            let path = object_path::<KeyFile>(&id);
+            let bytes = self.backend.read(&path)?;
+            verify_name(&path, &bytes)?;
+            out.push((id, decode::<KeyFile>(&path, &bytes)?));
+        }
+        out.sort_by(|a, b| a.1.created.cmp(&b.1.created).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Removes a key file. Refuses to remove the last key (the repository would be lost)
+    /// and, unless `allow_current`, the key this repository was opened with.
+    pub fn remove_key(&self, id: &podvault_proto::KeyId, allow_current: bool) -> Result<()> {
+        let ids = self.list::<KeyFile>()?;
+        if !ids.contains(id) {
+            return Err(Error::InvalidInput(format!(
+                "no key {id} in {}",
+                self.backend.location()
+            )));
+        }
+        if ids.len() <= 1 {
+            return Err(Error::InvalidInput(format!(
+                "key {} is the repository's only key; removing it would make the repository                  unreadable (add another key first)",
+                id.short()
+            )));
+        }
+        if !allow_current && self.key_id == Some(*id) {
+            return Err(Error::InvalidInput(format!(
+                "key {} is the one this command opened the repository with; use                  `podvault key passwd` to replace it, or open with another key to remove it",
+                id.short()
+            )));
+        }
+        self.backend.delete(&object_path::<KeyFile>(id))
+    }
+
+    /// The key file the repository was opened (or created) with.
+    pub fn key_id(&self) -> Option<podvault_proto::KeyId> {
+        self.key_id
     }
 
     /// The storage backend.
@@ -238,6 +286,19 @@ impl Repository {
             let name = path.rsplit('/').next().unwrap_or_default();
             match parse_id(name) {
                 Some(b) => ids.push(R::Id::from_bytes(b)),
+                None => tracing::warn!(object = %path, "ignoring object with a malformed name"),
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Ids of all pack objects (`data/`).
+    pub fn list_packs(&self) -> Result<Vec<PackId>> {
+        let mut ids = Vec::new();
+        for path in self.backend.list("data")? {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            match parse_id(name) {
+                Some(b) => ids.push(PackId(b)),
                 None => tracing::warn!(object = %path, "ignoring object with a malformed name"),
             }
         }
@@ -299,11 +360,26 @@ impl Repository {
 
     /// Loads every index object into one lookup structure.
     pub fn load_index(&self) -> Result<MasterIndex> {
-        let mut files = Vec::new();
-        for id in self.list::<IndexFile>()? {
-            files.push((id, self.load::<IndexFile>(&id)?));
+        Ok(MasterIndex::from_files(self.load_index_files()?))
+    }
+
+    /// Loads every index object. An object that disappears between listing and reading was
+    /// superseded by a prune that has already written its replacement, so the listing is
+    /// simply taken again.
+    pub fn load_index_files(&self) -> Result<Vec<(IndexId, IndexFile)>> {
+        let mut attempt = 0;
+        'again: loop {
+            attempt += 1;
+            let mut files = Vec::new();
+            for id in self.list::<IndexFile>()? {
+                match self.load::<IndexFile>(&id) {
+                    Ok(f) => files.push((id, f)),
+                    Err(e) if e.is_not_found() && attempt < 5 => continue 'again,
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(files);
         }
-        Ok(MasterIndex::from_files(files))
     }
 
     /// Reads, opens and verifies one blob.

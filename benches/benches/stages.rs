@@ -156,6 +156,7 @@ fn synthetic_index(n: usize, seed: u64) -> (IndexFile, Vec<BlobId>) {
     let file = IndexFile {
         supersedes: vec![],
         packs,
+        pending: vec![],
         entries,
     };
     (file, ids)

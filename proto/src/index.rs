@@ -4,21 +4,28 @@
 //! the decoded bytes — no per-entry allocation and no hash map:
 //!
 //! ```text
-//! u16 version | u16 flags(0) | u32 packs | u32 entries | u32 supersedes
+//! u16 version | u16 flags(0) | u32 packs | u32 entries | u32 supersedes | u32 pending
 //! supersedes × IndexId (32)
 //! packs      × { PackId (32) | u32 size | u8 blob type | 3 × 0 }          (40 bytes)
+//! pending    × { PackId (32) | i64 marked at | i64 delete after }   (48 bytes, Unix seconds)
 //! entries    × { BlobId (32) | u32 pack | u32 offset | u32 length | u32 raw_length }  (48 bytes)
 //! ```
 //!
 //! Entries are strictly increasing by id. `supersedes` lists index objects whose contents this
 //! one includes (written by prune when it rewrites the index), so readers can ignore them.
+//! `pending` lists packs prune has marked for deletion (phase one of its two-phase protocol,
+//! see the engine's `prune` module): new backups must not reuse their blobs, and a later prune
+//! deletes them once the grace period has passed and no snapshot needs them. A pending pack
+//! may or may not also appear in `packs` (an orphan pack left by a killed backup has no
+//! entries).
 
 use crate::id::{BlobId, IndexId, PackId, ID_LEN};
 use crate::pack::BlobType;
 use crate::record::{check_version, DecodeError, ObjectKind, ObjectRecord, Record};
 
-const HEADER_LEN: usize = 16;
+const HEADER_LEN: usize = 20;
 const PACK_LEN: usize = 40;
+const PENDING_LEN: usize = 48;
 /// Size of one encoded entry.
 pub const ENTRY_LEN: usize = 48;
 
@@ -31,6 +38,17 @@ pub struct PackInfo {
     pub size: u32,
     /// Type of the blobs it holds.
     pub blob_type: BlobType,
+}
+
+/// A pack marked for deletion by prune.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingPack {
+    /// Pack id.
+    pub id: PackId,
+    /// When prune marked it (Unix seconds, prune's clock).
+    pub marked_at: i64,
+    /// Earliest time a prune may delete it (the mark plus the grace period).
+    pub delete_after: i64,
 }
 
 /// One blob's location.
@@ -82,6 +100,8 @@ pub struct IndexFile {
     pub supersedes: Vec<IndexId>,
     /// Packs referenced by the entries.
     pub packs: Vec<PackInfo>,
+    /// Packs marked for deletion.
+    pub pending: Vec<PendingPack>,
     /// Entries sorted by id.
     pub entries: Vec<IndexEntry>,
 }
@@ -103,18 +123,24 @@ impl IndexFile {
 
 impl Record for IndexFile {
     const NAME: &'static str = "index";
-    const VERSION: u16 = 1;
+    const VERSION: u16 = 2;
 
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             HEADER_LEN
                 + self.supersedes.len() * ID_LEN
                 + self.packs.len() * PACK_LEN
+                + self.pending.len() * PENDING_LEN
                 + self.entries.len() * ENTRY_LEN,
         );
         out.extend_from_slice(&Self::VERSION.to_le_bytes());
         out.extend_from_slice(&0u16.to_le_bytes());
-        for n in [self.packs.len(), self.entries.len(), self.supersedes.len()] {
+        for n in [
+            self.packs.len(),
+            self.entries.len(),
+            self.supersedes.len(),
+            self.pending.len(),
+        ] {
             out.extend_from_slice(&(n as u32).to_le_bytes());
         }
         for s in &self.supersedes {
@@ -124,6 +150,11 @@ impl Record for IndexFile {
             out.extend_from_slice(&p.id.0);
             out.extend_from_slice(&p.size.to_le_bytes());
             out.extend_from_slice(&[p.blob_type.as_u8(), 0, 0, 0]);
+        }
+        for p in &self.pending {
+            out.extend_from_slice(&p.id.0);
+            out.extend_from_slice(&p.marked_at.to_le_bytes());
+            out.extend_from_slice(&p.delete_after.to_le_bytes());
         }
         for e in &self.entries {
             out.extend_from_slice(&e.to_bytes());
@@ -146,10 +177,11 @@ impl Record for IndexFile {
         if body[0] != 0 || body[1] != 0 {
             return Err(malformed("unknown flags".into()));
         }
-        let (n_packs, n_entries, n_super) = (u(2), u(6), u(10));
+        let (n_packs, n_entries, n_super, n_pending) = (u(2), u(6), u(10), u(14));
         let expected = (HEADER_LEN - 2) as u64
             + n_super as u64 * ID_LEN as u64
             + n_packs as u64 * PACK_LEN as u64
+            + n_pending as u64 * PENDING_LEN as u64
             + n_entries as u64 * ENTRY_LEN as u64;
         if (body.len() as u64) < expected {
             return Err(DecodeError::Truncated { record: Self::NAME });
@@ -183,6 +215,21 @@ impl Record for IndexFile {
                 blob_type,
             });
         }
+        let mut pending = Vec::with_capacity(n_pending);
+        for _ in 0..n_pending {
+            let (p, r) = rest.split_at(PENDING_LEN);
+            rest = r;
+            let time = |i: usize| {
+                let mut at = [0u8; 8];
+                at.copy_from_slice(&p[i..i + 8]);
+                i64::from_le_bytes(at)
+            };
+            pending.push(PendingPack {
+                id: PackId::from_slice(&p[..ID_LEN]).ok_or_else(|| malformed("short id".into()))?,
+                marked_at: time(ID_LEN),
+                delete_after: time(ID_LEN + 8),
+            });
+        }
         let mut entries = Vec::with_capacity(n_entries);
         for chunk in rest.chunks_exact(ENTRY_LEN) {
             let e =
@@ -203,6 +250,7 @@ impl Record for IndexFile {
         Ok(IndexFile {
             supersedes,
             packs,
+            pending,
             entries,
         })
     }
@@ -233,6 +281,11 @@ mod tests {
                     blob_type: BlobType::Tree,
                 },
             ],
+            pending: vec![PendingPack {
+                id: PackId([4; 32]),
+                marked_at: 1_700_000_000,
+                delete_after: 1_700_086_400,
+            }],
             entries: vec![
                 IndexEntry {
                     id: BlobId([9; 32]),
@@ -296,7 +349,7 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics_on_valid_prefix(cut in 0usize..300, flip in 0usize..300, bit in 0u8..8) {
+        fn decode_never_panics_on_valid_prefix(cut in 0usize..400, flip in 0usize..400, bit in 0u8..8) {
             let mut bytes = sample().encode();
             if flip < bytes.len() { bytes[flip] ^= 1 << bit; }
             bytes.truncate(cut.min(bytes.len()));

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use podvault_proto::index::{IndexEntry, IndexFile, PackInfo};
 use podvault_proto::pack::{BlobType, PackHeader};
-use podvault_proto::BlobId;
+use podvault_proto::{BlobId, PackId};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -31,6 +31,7 @@ pub struct PackSink {
     permits: Arc<Semaphore>,
     uploads: Mutex<Vec<JoinHandle<()>>>,
     durable: Arc<Mutex<Vec<(PackInfo, PackHeader)>>>,
+    indexed: Mutex<Vec<PackId>>,
     failure: Arc<Mutex<Option<Error>>>,
     /// Bytes of sealed blobs added.
     pub stored: AtomicU64,
@@ -49,6 +50,7 @@ impl PackSink {
             permits: Arc::new(Semaphore::new(MAX_UPLOADS)),
             uploads: Mutex::new(Vec::new()),
             durable: Arc::new(Mutex::new(Vec::new())),
+            indexed: Mutex::new(Vec::new()),
             failure: Arc::new(Mutex::new(None)),
             stored: AtomicU64::new(0),
             packs: AtomicU64::new(0),
@@ -131,6 +133,7 @@ impl PackSink {
             return Ok(());
         }
         let mut file = IndexFile::default();
+        lock(&self.indexed).extend(packs.iter().map(|(info, _)| info.id));
         for (n, (info, header)) in packs.into_iter().enumerate() {
             file.packs.push(info);
             file.entries.extend(header.blobs.iter().map(|b| IndexEntry {
@@ -147,6 +150,11 @@ impl PackSink {
         file.entries.dedup_by(|a, b| a.id == b.id);
         self.repo.save(&file)?;
         Ok(())
+    }
+
+    /// Packs written and indexed by this sink so far.
+    pub fn written_packs(&self) -> Vec<PackId> {
+        lock(&self.indexed).clone()
     }
 
     /// Closes open packs, waits for every upload and writes the remaining index entries.

@@ -13,7 +13,7 @@ use crossbeam_channel::Sender;
 use podvault_proto::pack::BlobType;
 use podvault_proto::snapshot::{PathError, Summary};
 use podvault_proto::tree::{Node, NodeKind, Tree};
-use podvault_proto::{BlobId, ChunkId, Record, TreeId};
+use podvault_proto::{BlobId, ChunkId, PackId, Record, TreeId};
 
 use super::{Excludes, Job, PackSink};
 use crate::blob::BlobEncoder;
@@ -37,6 +37,8 @@ pub(super) struct Walker<'a> {
     pub excludes: &'a Excludes,
     pub hardlinks: HashMap<(u64, u64), (u64, Vec<ChunkId>)>,
     pub tree_encoder: BlobEncoder,
+    /// Packs this backup deduplicated against: the snapshot depends on them.
+    pub used_packs: HashSet<PackId>,
 }
 
 /// A directory being assembled.
@@ -176,13 +178,25 @@ impl Walker<'_> {
         Ok(())
     }
 
+    /// True when the repository already holds `id` in a live pack; records that pack as one
+    /// the snapshot depends on.
+    fn reuse(&mut self, id: &BlobId) -> bool {
+        match self.index.live_pack(id) {
+            Some(pack) => {
+                self.used_packs.insert(pack);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Stores a directory's tree and returns its id.
     fn close(&mut self, frame: Frame) -> Result<TreeId> {
         let mut nodes = frame.nodes;
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         let bytes = Tree { nodes }.encode();
         let id = self.repo.key().blob_id(&bytes);
-        if !self.index.contains(&id) && self.session.insert(id) {
+        if !self.reuse(&id) && self.session.insert(id) {
             let sealed = self
                 .tree_encoder
                 .seal(self.repo.key(), BlobType::Tree, &id, &bytes);
@@ -206,10 +220,7 @@ impl Walker<'_> {
         Progress::add(&self.progress.files_done, 1);
         self.summary.total_bytes += meta.len();
         match previous {
-            Some(p)
-                if unchanged(p, node)
-                    && p.content.iter().all(|c| self.index.contains(&BlobId(c.0))) =>
-            {
+            Some(p) if unchanged(p, node) && p.content.iter().all(|c| self.reuse(&BlobId(c.0))) => {
                 node.content = p.content.clone();
                 self.summary.files_unchanged += 1;
                 Progress::add(&self.progress.bytes_done, meta.len());
@@ -305,7 +316,7 @@ impl Walker<'_> {
         }
         let len = data.len() as u64;
         let id = self.repo.key().blob_id(&data);
-        if !self.index.contains(&id) && self.session.insert(id) {
+        if !self.reuse(&id) && self.session.insert(id) {
             self.summary.blobs_added += 1;
             self.summary.bytes_added += len;
             let tx = self.tx.as_ref().expect("channel open while walking");

@@ -1,0 +1,543 @@
+//! Reclaiming space: the two-phase, lock-free prune, and the backup's side of its protocol.
+//!
+//! ## The protocol
+//! Several agents back up into one repository while a prune runs beside them; there is no
+//! global lock. Safety rests on three rules:
+//!
+//! 1. **Mark, don't delete.** A prune run works out which blobs the snapshots it can see
+//!    reference. Packs with no referenced blob, and packs left by killed backups that no index
+//!    lists ("orphans"), are *marked*: the index object the prune writes lists them as
+//!    pending with `marked_at` (now) and `delete_after` (now + grace). Packs that are mostly
+//!    garbage (above `--repack-threshold`) have their live blobs copied into new packs first
+//!    and are then marked the same way. Nothing is deleted in this phase.
+//! 2. **Backups never build on marked packs.** A backup loads the index when it starts; blobs
+//!    that live only in marked packs count as absent and are stored again. Every pack the
+//!    backup deduplicates against (and every pack it writes) is recorded. Right before writing
+//!    its snapshot the backup reads the index objects written since it started
+//!    ([`check_dependencies`]): if one of its packs was marked and half of that mark's grace
+//!    period has already passed, it fails instead of writing a snapshot that might point at
+//!    deleted data. A later retry stores the data anew.
+//! 3. **Delete late, and only what is still garbage.** A later prune run deletes a marked
+//!    pack only when `delete_after` lies before the moment it started listing snapshots and
+//!    no snapshot it lists still needs a blob that exists only in that pack. A pack that a
+//!    snapshot needs again (written by a backup that started before the mark) is *resurrected*:
+//!    the new index lists it as live.
+//!
+//! Why this is enough: a backup that depends on a marked pack P writes its snapshot at a time
+//! `c < marked_at + grace/2` (rule 2). A prune may delete P only if it started listing at
+//! `s ≥ marked_at + grace` (rule 3), so `s > c + grace/2`: the snapshot is durable before
+//! the listing starts, the prune sees it, and resurrects P. The argument needs clock skew
+//! between machines plus the time from the check to the snapshot write to stay below half
+//! the grace period — the default grace is 24 hours. `--grace 0` deletes in the same run and
+//! is only safe when nothing else writes to the repository.
+//!
+//! Index objects: the prune writes one new index object holding every live and pending pack
+//! it knows and listing all index objects it read as superseded, then deletes those. Readers
+//! that find an index object gone between listing and reading list again (the replacement
+//! exists before anything is deleted). Order of writes: repacked packs → new index → delete
+//! superseded index objects → delete packs.
+//!
+//! Two prunes must not run at the same time (one per repository; the controller runs one).
+//! A prune refuses to run if any snapshot, tree or index object cannot be read: it never
+//! deletes on the strength of an incomplete picture.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use podvault_proto::index::{IndexEntry, IndexFile, PackInfo, PendingPack};
+use podvault_proto::pack::BlobType;
+use podvault_proto::{BlobId, IndexId, PackId, TreeId};
+
+use crate::blob::open_blob;
+use crate::error::{Error, Result};
+use crate::index::MasterIndex;
+use crate::packer::{FinishedPack, Packer};
+use crate::repository::{pack_path, Repository};
+
+/// Settings for `prune`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PruneOptions {
+    /// How long a pack stays marked before it may be deleted (e.g. `24h`, `30m`, `0s`).
+    /// Must exceed clock skew plus the longest backup commit; `0s` is only safe when
+    /// nothing else writes to the repository.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// Repack packs in which more than this percentage of the bytes is unused.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub repack_threshold: u8,
+    /// Report what would be done without changing the repository.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            grace: Duration::from_secs(24 * 3600),
+            repack_threshold: 50,
+            dry_run: false,
+        }
+    }
+}
+
+/// What a prune did (or would do, in a dry run).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PruneReport {
+    /// Snapshots whose data was kept.
+    pub snapshots: usize,
+    /// Blobs referenced by them.
+    pub blobs_referenced: usize,
+    /// Packs in the repository before the run.
+    pub packs_before: usize,
+    /// Packs newly marked for deletion (unused, repacked or orphaned).
+    pub packs_marked: usize,
+    /// Of those, packs whose live blobs were copied into new packs first.
+    pub packs_repacked: usize,
+    /// New packs written by repacking.
+    pub packs_written: usize,
+    /// Bytes copied by repacking.
+    pub bytes_repacked: u64,
+    /// Packs deleted (their grace period had passed and nothing needed them).
+    pub packs_deleted: usize,
+    /// Bytes freed by deleting them.
+    pub bytes_deleted: u64,
+    /// Marked packs a snapshot turned out to need, kept as live again.
+    pub packs_resurrected: usize,
+    /// Packs still marked, waiting for their grace period.
+    pub packs_pending: usize,
+    /// Index objects replaced by the new one.
+    pub index_objects_replaced: usize,
+}
+
+/// One pack as the index describes it.
+pub(crate) struct PackState {
+    /// Pack id, size and type.
+    pub info: PackInfo,
+    /// Blobs in the pack, sorted by id.
+    pub blobs: Vec<(BlobId, IndexEntry)>,
+}
+
+/// Runs a prune.
+pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
+    let now = unix_now();
+    let grace = i64::try_from(opts.grace.as_secs()).unwrap_or(i64::MAX / 2);
+    let mut report = PruneReport::default();
+
+    let files = repo.load_index_files()?;
+    let read_ids: Vec<IndexId> = files.iter().map(|(id, _)| *id).collect();
+    let index = MasterIndex::from_files(files.clone());
+    let packs = pack_states(files);
+    let listed: HashSet<PackId> = repo.list_packs()?.into_iter().collect();
+    report.packs_before = listed.len();
+
+    // Everything any snapshot needs. Taken after `now`: rule 3 compares against it.
+    let referenced = referenced_blobs(repo, &index, &mut report)?;
+    report.blobs_referenced = referenced.len();
+
+    let mut pending: HashMap<PackId, PendingPack> = index.pending().clone();
+    let is_pending = |p: &PackId, pending: &HashMap<PackId, PendingPack>| pending.contains_key(p);
+
+    // Referenced blobs that a live pack holds, claimed by the first live pack (by id order)
+    // so duplicates left by concurrent writers become garbage in the others.
+    let mut order: Vec<&PackId> = packs.keys().collect();
+    order.sort();
+    let mut claimed: HashMap<BlobId, PackId> = HashMap::new();
+    for id in &order {
+        if is_pending(id, &pending) {
+            continue;
+        }
+        for (blob, _) in &packs[*id].blobs {
+            if referenced.contains(blob) {
+                claimed.entry(*blob).or_insert(**id);
+            }
+        }
+    }
+    // Marked packs holding the only copy of a referenced blob come back to life.
+    for id in &order {
+        if !is_pending(id, &pending) {
+            continue;
+        }
+        let needed = packs[*id]
+            .blobs
+            .iter()
+            .any(|(b, _)| referenced.contains(b) && !claimed.contains_key(b));
+        if needed {
+            pending.remove(*id);
+            report.packs_resurrected += 1;
+            for (blob, _) in &packs[*id].blobs {
+                if referenced.contains(blob) {
+                    claimed.entry(*blob).or_insert(**id);
+                }
+            }
+        }
+    }
+
+    // Phase one: mark unused and mostly-unused live packs, and orphans.
+    let mark = |pending: &mut HashMap<PackId, PendingPack>, id: PackId| {
+        pending.insert(
+            id,
+            PendingPack {
+                id,
+                marked_at: now,
+                delete_after: now.saturating_add(grace),
+            },
+        );
+    };
+    let mut to_repack: Vec<PackId> = Vec::new();
+    for id in &order {
+        if is_pending(id, &pending) || !listed.contains(*id) {
+            continue;
+        }
+        let state = &packs[*id];
+        let used: u64 = state
+            .blobs
+            .iter()
+            .filter(|(b, _)| claimed.get(b) == Some(*id))
+            .map(|(_, e)| e.length as u64)
+            .sum();
+        let size = state.info.size.max(1) as u64;
+        let unused_pct = (size.saturating_sub(used)) * 100 / size;
+        if used == 0 {
+            mark(&mut pending, **id);
+            report.packs_marked += 1;
+        } else if unused_pct > opts.repack_threshold as u64 {
+            to_repack.push(**id);
+        }
+    }
+    for id in &listed {
+        if !packs.contains_key(id) && !pending.contains_key(id) {
+            mark(&mut pending, *id);
+            report.packs_marked += 1;
+        }
+    }
+
+    // Copy the live blobs of mostly-garbage packs.
+    let mut new_packs: Vec<(PackInfo, Vec<(BlobId, IndexEntry)>)> = Vec::new();
+    if !to_repack.is_empty() {
+        let keep: Vec<(PackId, Vec<(BlobId, IndexEntry)>)> = to_repack
+            .iter()
+            .map(|id| {
+                let blobs = packs[id]
+                    .blobs
+                    .iter()
+                    .filter(|(b, _)| claimed.get(b) == Some(id))
+                    .cloned()
+                    .collect();
+                (*id, blobs)
+            })
+            .collect();
+        if !opts.dry_run {
+            new_packs = repack(repo, &packs, &keep, &mut report)?;
+            for (info, blobs) in &new_packs {
+                for (b, _) in blobs {
+                    claimed.insert(*b, info.id);
+                }
+            }
+        }
+        for id in &to_repack {
+            mark(&mut pending, *id);
+            report.packs_marked += 1;
+            report.packs_repacked += 1;
+        }
+    }
+
+    // Phase two: delete marked packs whose grace period has passed (relative to `now`,
+    // taken before the snapshots were listed) and that nothing resurrected.
+    let mut delete: Vec<PackId> = Vec::new();
+    let mut gone: HashSet<PackId> = HashSet::new();
+    pending.retain(|id, p| {
+        if !listed.contains(id) {
+            gone.insert(*id); // deleted by an earlier run
+            return false;
+        }
+        if p.delete_after <= now {
+            delete.push(*id);
+            return false;
+        }
+        true
+    });
+    delete.sort();
+    report.packs_deleted = delete.len();
+    report.bytes_deleted = delete
+        .iter()
+        .map(|id| packs.get(id).map_or(0, |s| s.info.size as u64))
+        .sum();
+    report.packs_pending = pending.len();
+    report.index_objects_replaced = read_ids.len();
+    if opts.dry_run {
+        return Ok(report);
+    }
+
+    // The new index: every pack that stays, live or pending.
+    let deleted: HashSet<PackId> = delete.iter().copied().collect();
+    let mut file = IndexFile {
+        supersedes: read_ids.clone(),
+        ..IndexFile::default()
+    };
+    let mut kept: Vec<(&PackInfo, &Vec<(BlobId, IndexEntry)>)> = new_packs
+        .iter()
+        .map(|(info, blobs)| (info, blobs))
+        .collect();
+    kept.extend(
+        order
+            .iter()
+            .filter(|id| !deleted.contains(**id) && !gone.contains(**id))
+            .map(|id| (&packs[*id].info, &packs[*id].blobs)),
+    );
+    for (n, (info, blobs)) in kept.iter().enumerate() {
+        file.packs.push(**info);
+        for (blob, e) in blobs.iter() {
+            // One entry per blob: the claiming pack's copy, else the first seen.
+            if claimed.get(blob).is_some_and(|c| *c != info.id) {
+                continue;
+            }
+            file.entries.push(IndexEntry {
+                id: *blob,
+                pack: n as u32,
+                ..*e
+            });
+        }
+    }
+    file.sort();
+    file.entries.dedup_by(|a, b| a.id == b.id);
+    let mut marks: Vec<PendingPack> = pending.into_values().collect();
+    marks.sort_by_key(|p| p.id);
+    file.pending = marks;
+    repo.save(&file)?;
+    for id in &read_ids {
+        repo.backend()
+            .delete(&crate::repository::object_path::<IndexFile>(id))?;
+    }
+    for id in &delete {
+        repo.backend().delete(&pack_path(id))?;
+    }
+    Ok(report)
+}
+
+/// Groups the entries of all (non-superseded) index objects by pack.
+pub(crate) fn pack_states(files: Vec<(IndexId, IndexFile)>) -> HashMap<PackId, PackState> {
+    let superseded: HashSet<IndexId> = files
+        .iter()
+        .flat_map(|(_, f)| f.supersedes.iter().copied())
+        .collect();
+    let mut packs: HashMap<PackId, PackState> = HashMap::new();
+    for (id, file) in files {
+        if superseded.contains(&id) {
+            continue;
+        }
+        for e in &file.entries {
+            let info = file.packs[e.pack as usize];
+            let state = packs.entry(info.id).or_insert_with(|| PackState {
+                info,
+                blobs: Vec::new(),
+            });
+            state.blobs.push((e.id, *e));
+        }
+        for info in &file.packs {
+            packs.entry(info.id).or_insert_with(|| PackState {
+                info: *info,
+                blobs: Vec::new(),
+            });
+        }
+    }
+    for state in packs.values_mut() {
+        state.blobs.sort_by_key(|(b, _)| *b);
+        state.blobs.dedup_by_key(|(b, _)| *b);
+    }
+    packs
+}
+
+/// Every blob (trees and file contents) reachable from any snapshot.
+fn referenced_blobs(
+    repo: &Repository,
+    index: &MasterIndex,
+    report: &mut PruneReport,
+) -> Result<HashSet<BlobId>> {
+    let refuse = |e: Error| {
+        Error::InvalidInput(format!(
+            "prune refuses to run because part of the repository cannot be read \
+             (nothing was changed; run `podvault check`): {e}"
+        ))
+    };
+    let snapshots = repo.snapshots().map_err(refuse)?;
+    report.snapshots = snapshots.len();
+    let mut referenced = HashSet::new();
+    let mut stack: Vec<TreeId> = snapshots.iter().map(|(_, s)| s.tree).collect();
+    while let Some(tree_id) = stack.pop() {
+        if !referenced.insert(BlobId::from(tree_id)) {
+            continue;
+        }
+        let tree = repo.load_tree(index, &tree_id).map_err(refuse)?;
+        for node in tree.nodes {
+            if let Some(sub) = node.subtree {
+                stack.push(sub);
+            }
+            referenced.extend(node.content.iter().map(|c| BlobId(c.0)));
+        }
+    }
+    Ok(referenced)
+}
+
+/// Copies the given blobs of each pack into new packs; returns the packs written.
+fn repack(
+    repo: &Repository,
+    packs: &HashMap<PackId, PackState>,
+    keep: &[(PackId, Vec<(BlobId, IndexEntry)>)],
+    report: &mut PruneReport,
+) -> Result<Vec<(PackInfo, Vec<(BlobId, IndexEntry)>)>> {
+    let target = repo.config().pack_target_size as usize;
+    let mut packers: HashMap<BlobType, Packer> = HashMap::new();
+    let mut written = Vec::new();
+    let mut upload = |pack: FinishedPack| -> Result<()> {
+        let FinishedPack { id, data, header } = pack;
+        let info = PackInfo {
+            id,
+            size: data.len() as u32,
+            blob_type: header.blob_type,
+        };
+        repo.backend().write(&pack_path(&id), data)?;
+        let blobs = header
+            .blobs
+            .iter()
+            .map(|b| {
+                (
+                    b.id,
+                    IndexEntry {
+                        id: b.id,
+                        pack: 0,
+                        offset: b.offset,
+                        length: b.length,
+                        raw_length: b.raw_length,
+                    },
+                )
+            })
+            .collect();
+        written.push((info, blobs));
+        Ok(())
+    };
+    for (pack_id, blobs) in keep {
+        if blobs.is_empty() {
+            continue;
+        }
+        let ty = packs[pack_id].info.blob_type;
+        let path = pack_path(pack_id);
+        let bytes = repo.backend().read(&path)?;
+        for (blob, e) in blobs {
+            let range = e.offset as usize..e.offset as usize + e.length as usize;
+            let sealed = bytes.get(range).ok_or_else(|| Error::Corrupt {
+                object: path.clone(),
+                detail: format!("blob {blob} lies past the end of the pack"),
+            })?;
+            // Never copy damage forward: the blob must open and match its id.
+            open_blob(repo.key(), ty, blob, e.raw_length, sealed).map_err(|detail| {
+                Error::Corrupt {
+                    object: format!("{path} (blob {blob})"),
+                    detail: format!("{detail}; prune stopped before changing anything"),
+                }
+            })?;
+            report.bytes_repacked += sealed.len() as u64;
+            let packer = packers.entry(ty).or_insert_with(|| Packer::new(ty, target));
+            if packer.add(*blob, sealed, e.raw_length) {
+                if let Some(p) = packer.finish(repo.key()) {
+                    upload(p)?;
+                }
+            }
+        }
+    }
+    for (_, mut packer) in packers {
+        if let Some(p) = packer.finish(repo.key()) {
+            upload(p)?;
+        }
+    }
+    report.packs_written = written.len();
+    Ok(written)
+}
+
+/// Indexes packs that no index object lists and prune has not marked — packs a killed
+/// backup uploaded — so this backup (and everyone after) reuses them. Returns how many.
+pub fn adopt_orphan_packs(repo: &Repository, index: &mut MasterIndex) -> Result<usize> {
+    let known: HashSet<PackId> = index
+        .packs()
+        .map(|p| p.id)
+        .chain(index.pending().keys().copied())
+        .collect();
+    let mut file = IndexFile::default();
+    for id in repo.list_packs()? {
+        if known.contains(&id) {
+            continue;
+        }
+        let (size, header) = match repo.read_pack_header(&id) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(pack = %id, error = %e, "not reusing an unindexed pack");
+                continue;
+            }
+        };
+        let n = file.packs.len() as u32;
+        file.packs.push(PackInfo {
+            id,
+            size: size as u32,
+            blob_type: header.blob_type,
+        });
+        file.entries.extend(header.blobs.iter().map(|b| IndexEntry {
+            id: b.id,
+            pack: n,
+            offset: b.offset,
+            length: b.length,
+            raw_length: b.raw_length,
+        }));
+    }
+    if file.packs.is_empty() {
+        return Ok(0);
+    }
+    file.sort();
+    file.entries.dedup_by(|a, b| a.id == b.id);
+    let adopted = file.packs.len();
+    repo.save(&file)?;
+    *index = repo.load_index()?;
+    Ok(adopted)
+}
+
+/// Rule 2 of the protocol: fails if a pack the new snapshot depends on was marked for
+/// deletion (by an index object written since `index` was loaded) long enough ago that a
+/// prune might delete it before it sees the snapshot.
+pub fn check_dependencies(
+    repo: &Repository,
+    index: &MasterIndex,
+    depends: &HashSet<PackId>,
+) -> Result<()> {
+    let seen: HashSet<IndexId> = index.index_ids().iter().copied().collect();
+    let mut attempt = 0;
+    'again: loop {
+        attempt += 1;
+        let now = unix_now();
+        for id in repo.list::<IndexFile>()? {
+            if seen.contains(&id) {
+                continue;
+            }
+            let file = match repo.load::<IndexFile>(&id) {
+                Ok(f) => f,
+                Err(e) if e.is_not_found() && attempt < 5 => continue 'again,
+                Err(e) => return Err(e),
+            };
+            for p in &file.pending {
+                let half = p.marked_at + (p.delete_after - p.marked_at) / 2;
+                if depends.contains(&p.id) && now >= half {
+                    return Err(Error::InvalidInput(format!(
+                        "a prune marked pack {} for deletion while this backup was running, and \
+                         too much of its grace period has passed to commit safely; no snapshot \
+                         was written — run the backup again (it stores that data anew)",
+                        p.id
+                    )));
+                }
+            }
+        }
+        return Ok(());
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
