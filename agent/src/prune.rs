@@ -15,8 +15,9 @@
 //!    backup deduplicates against (and every pack it writes) is recorded. Right before writing
 //!    its snapshot the backup reads the index objects written since it started
 //!    ([`check_dependencies`]): if one of its packs was marked and half of that mark's grace
-//!    period has already passed, it fails instead of writing a snapshot that might point at
-//!    deleted data. A later retry stores the data anew.
+//!    period has already passed — or the pack is already gone, because the backup outlived a
+//!    whole mark-and-delete cycle — it fails instead of writing a snapshot that might point
+//!    at deleted data. A later retry stores the data anew.
 //! 3. **Delete late, and only what is still garbage.** A later prune run deletes a marked
 //!    pack only when `delete_after` lies before the moment it started listing snapshots and
 //!    no snapshot it lists still needs a blob that exists only in that pack. A pack that a
@@ -499,20 +500,39 @@ pub fn adopt_orphan_packs(repo: &Repository, index: &mut MasterIndex) -> Result<
 }
 
 /// Rule 2 of the protocol: fails if a pack the new snapshot depends on was marked for
-/// deletion (by an index object written since `index` was loaded) long enough ago that a
-/// prune might delete it before it sees the snapshot.
+/// deletion long enough ago that a prune might delete it before it sees the snapshot — or
+/// is already gone.
+///
+/// Cheap path: while every index object loaded at the start still exists, no prune has
+/// completed since (a prune deletes every index object it read), so only the index objects
+/// written since need reading. Otherwise the whole index is read again and the packs are
+/// listed, because a mark may have come and gone (pack deleted) during the backup.
 pub fn check_dependencies(
     repo: &Repository,
     index: &MasterIndex,
     depends: &HashSet<PackId>,
 ) -> Result<()> {
-    let seen: HashSet<IndexId> = index.index_ids().iter().copied().collect();
+    let loaded: HashSet<IndexId> = index.index_ids().iter().copied().collect();
     let mut attempt = 0;
     'again: loop {
         attempt += 1;
         let now = unix_now();
-        for id in repo.list::<IndexFile>()? {
-            if seen.contains(&id) {
+        let current = repo.list::<IndexFile>()?;
+        if !loaded.iter().all(|id| current.contains(id)) {
+            let index = repo.load_index()?;
+            let listed: HashSet<PackId> = repo.list_packs()?.into_iter().collect();
+            for p in depends {
+                if !listed.contains(p) {
+                    return Err(conflict(p, "was deleted by a prune"));
+                }
+                if let Some(mark) = index.pending().get(p) {
+                    check_mark(mark, now)?;
+                }
+            }
+            return Ok(());
+        }
+        for id in current {
+            if loaded.contains(&id) {
                 continue;
             }
             let file = match repo.load::<IndexFile>(&id) {
@@ -520,20 +540,30 @@ pub fn check_dependencies(
                 Err(e) if e.is_not_found() && attempt < 5 => continue 'again,
                 Err(e) => return Err(e),
             };
-            for p in &file.pending {
-                let half = p.marked_at + (p.delete_after - p.marked_at) / 2;
-                if depends.contains(&p.id) && now >= half {
-                    return Err(Error::InvalidInput(format!(
-                        "a prune marked pack {} for deletion while this backup was running, and \
-                         too much of its grace period has passed to commit safely; no snapshot \
-                         was written — run the backup again (it stores that data anew)",
-                        p.id
-                    )));
-                }
+            for mark in file.pending.iter().filter(|m| depends.contains(&m.id)) {
+                check_mark(mark, now)?;
             }
         }
         return Ok(());
     }
+}
+
+fn check_mark(mark: &PendingPack, now: i64) -> Result<()> {
+    let half = mark.marked_at + (mark.delete_after - mark.marked_at) / 2;
+    if now >= half {
+        return Err(conflict(
+            &mark.id,
+            "was marked for deletion by a prune, and too much of its grace period has passed",
+        ));
+    }
+    Ok(())
+}
+
+fn conflict(pack: &PackId, what: &str) -> Error {
+    Error::InvalidInput(format!(
+        "pack {pack}, which this backup depends on, {what} while the backup ran; no snapshot \
+         was written, so nothing is lost — run the backup again (it stores that data anew)"
+    ))
 }
 
 fn unix_now() -> i64 {
