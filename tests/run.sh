@@ -38,4 +38,9 @@ PY
 
 # The black-box tests insist on the S3 server being there.
 export CI=${CI:-true}
-cargo test --workspace "$@"
+# With arguments (e.g. `-p podvault-tests --test kill`) only what they select is built and run.
+if [ $# -eq 0 ]; then
+  cargo test --workspace
+else
+  cargo test "$@"
+fi

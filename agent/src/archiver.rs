@@ -32,6 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::thread;
 
 use bytes::Bytes;
@@ -88,10 +89,70 @@ pub struct BackupOutcome {
 }
 
 /// A chunk on its way to a compression worker.
-struct Job {
+struct Job<'a> {
     ty: BlobType,
     id: BlobId,
     data: Bytes,
+    /// Its share of [`InFlight`], returned when the worker drops the job.
+    _permit: Permit<'a>,
+}
+
+/// Bounds the bytes of chunk data between the walker and the sealing workers (queued or
+/// being sealed), so memory follows the work in flight whatever the chunk sizes: a queue
+/// bounded in jobs would hold eight 8 MiB chunks as readily as eight empty files.
+struct InFlight {
+    limit: usize,
+    /// Bytes held, and whether the workers have stopped.
+    state: Mutex<(usize, bool)>,
+    freed: Condvar,
+}
+
+/// Bytes taken from an [`InFlight`] budget; returned on drop.
+struct Permit<'a> {
+    budget: &'a InFlight,
+    bytes: usize,
+}
+
+impl InFlight {
+    fn new(limit: usize) -> Self {
+        InFlight {
+            limit,
+            state: Mutex::new((0, false)),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits until `bytes` fit (a chunk larger than the limit waits for an empty pipeline);
+    /// `None` once the workers have stopped.
+    fn acquire(&self, bytes: usize) -> Option<Permit<'_>> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while !s.1 && s.0 > 0 && s.0 + bytes > self.limit {
+            s = self.freed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        if s.1 {
+            return None;
+        }
+        s.0 += bytes;
+        Some(Permit {
+            budget: self,
+            bytes,
+        })
+    }
+
+    /// Wakes and fails every waiter: no worker is left to free anything.
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.freed.notify_all();
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut s = self.budget.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.0 -= self.bytes;
+        drop(s);
+        self.budget.freed.notify_all();
+    }
 }
 
 /// Backs up `opts.paths` into `repo`.
@@ -110,14 +171,8 @@ pub fn backup(
     tags.sort();
     tags.dedup();
 
-    let mut index = repo.load_index()?;
-    let adopted = prune::adopt_orphan_packs(repo, &mut index)?;
-    if adopted > 0 {
-        tracing::info!(
-            packs = adopted,
-            "reusing packs left by an interrupted backup"
-        );
-    }
+    // The parent before the index: a snapshot is written after the index objects it needs,
+    // so the index loaded next covers the parent even if it was written a moment ago.
     let parent = match &opts.parent {
         Some(spec) => Some(repo.find_snapshot(spec)?),
         None => repo
@@ -125,6 +180,16 @@ pub fn backup(
             .into_iter()
             .rfind(|(_, s)| s.hostname == host && s.paths == path_strings),
     };
+    // The compact deduplication view: full ids for trees, 96-bit prefixes for data blobs
+    // (see `index::Precision::Dedup`), so a huge repository does not dominate memory.
+    let mut index = repo.load_dedup_index()?;
+    let adopted = prune::adopt_orphan_packs(repo, &mut index)?;
+    if adopted > 0 {
+        tracing::info!(
+            packs = adopted,
+            "reusing packs left by an interrupted backup"
+        );
+    }
     let parent_tree = match (&parent, opts.force) {
         (Some((_, s)), false) => Some(repo.load_tree(&index, &s.tree)?),
         _ => None,
@@ -136,16 +201,29 @@ pub fn backup(
         .unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get()))
         .max(1);
     let scan_done = AtomicBool::new(false);
+    // Chunk bytes between walker and workers: room for the largest chunk, or two average
+    // chunks per worker (one being sealed, one waiting), whichever is more.
+    let chunker = repo.config().chunker;
+    let in_flight = InFlight::new(
+        (chunker.max_size as usize).max(threads * 2 * chunker.avg_size as usize),
+    );
     let (root, summary, used_packs) = thread::scope(|scope| -> Result<_> {
         scope.spawn(|| scan(&roots, &excludes, progress, &scan_done));
-        let (tx, rx) = bounded::<Job>(threads * 2);
+        // The byte budget bounds memory; the job count only needs to let many tiny files
+        // queue up without the walker and the workers waking each other per file.
+        let (tx, rx) = bounded::<Job>(threads * 64);
         let mut workers = Vec::new();
         for _ in 0..threads {
             let rx = rx.clone();
             let sink = &sink;
+            let in_flight = &in_flight;
             let mut encoder = BlobEncoder::new(repo.config().compression_level)
                 .map_err(|e| Error::InvalidInput(format!("zstd: {e}")))?;
-            workers.push(scope.spawn(move || seal_worker(repo, &mut encoder, rx, sink)));
+            workers.push(scope.spawn(move || {
+                let r = seal_worker(repo, &mut encoder, rx, sink);
+                in_flight.close();
+                r
+            }));
         }
         drop(rx);
         let mut walker = Walker {
@@ -163,6 +241,7 @@ pub fn backup(
             tree_encoder: BlobEncoder::new(repo.config().compression_level)
                 .map_err(|e| Error::InvalidInput(format!("zstd: {e}")))?,
             used_packs: HashSet::new(),
+            in_flight: &in_flight,
         };
         let walked = walker.walk_roots(&roots, parent_tree);
         // Closing the channel lets the workers drain and exit, whatever happened.
@@ -235,13 +314,14 @@ fn resolve_roots(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 fn seal_worker(
     repo: &Repository,
     encoder: &mut BlobEncoder,
-    rx: Receiver<Job>,
+    rx: Receiver<Job<'_>>,
     sink: &PackSink,
 ) -> Result<()> {
     let key = repo.key();
     for job in rx {
         let sealed = encoder.seal(key, job.ty, &job.id, &job.data);
         sink.add(job.ty, job.id, &sealed, job.data.len() as u32)?;
+        // Dropping the job returns its bytes to the budget.
     }
     Ok(())
 }

@@ -3,31 +3,160 @@
 //! The engine sees a flat namespace of immutable objects (`config`, `keys/…`, `snapshots/…`,
 //! `index/…`, `data/xx/…`). Durability contract: when [`Backend::write`] returns `Ok`, the
 //! object is complete and visible under its final name (the fs service writes to a temporary
-//! file under `.tmp/` and renames it; an S3 PUT is atomic), so a crash never leaves a torn
-//! object under a real name. Transient failures are retried with exponential backoff and
-//! jitter (a bounded number of times), and every operation has a timeout, so a dead endpoint
-//! fails in bounded time with an error naming the object and the location.
+//! file under `.tmp/` and renames it; an S3 PUT is atomic and the server checks the body
+//! against `Content-Length`), so a crash or a dropped connection never leaves a torn object
+//! under a real name that something refers to.
+//!
+//! Failures: every request attempt has a deadline ([`BackendOptions::timeout`] for control
+//! requests such as HEAD, DELETE and list pages; [`BackendOptions::io_timeout`] for each body
+//! transfer step, e.g. a whole PUT or one read of a GET body without progress). Transient
+//! failures — HTTP 5xx, throttling (`SlowDown`, 429), connection resets and refusals,
+//! truncated bodies, timeouts — are retried up to [`BackendOptions::retries`] times with
+//! exponential backoff and jitter; anything else fails at once. Retrying is safe because
+//! every object is written once under a name derived from its content (or, for `config` and
+//! keys, written once by `init`), so a replayed PUT writes the same bytes. Each retry is
+//! logged as a warning; the final error names the action, the object, the location (with the
+//! endpoint) and how many attempts were made over how long. The time one operation can take
+//! is therefore bounded by about `(retries + 1) × timeout + retries × max backoff (10 s)`.
+//!
+//! Options are per repository, given as query parameters of the S3 URL, for example
+//! `s3://bucket/prefix?timeout=5s&retries=3` (see [`BackendOptions::from_query`]). They are
+//! kept, as written, after a `?` at the end of [`S3Location::prefix`] so that the fields of
+//! [`S3Location`] (which callers build literally) stay as they are;
+//! [`S3Location::key_prefix`] and [`S3Location::options`] split them apart.
 //!
 //! All I/O runs on one engine-wide tokio runtime; the engine's worker threads call the
 //! blocking wrappers, which is safe from any thread that is not itself a runtime worker.
 
 use std::fmt;
+use std::future::Future;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use opendal::layers::{RetryLayer, TimeoutLayer};
-use opendal::{services, ErrorKind, Operator};
+use opendal::layers::TimeoutLayer;
+use opendal::{services, Buffer, ErrorKind, Operator};
+use rand::Rng;
 
 use crate::error::{Error, Result};
+
+/// Retry and timeout policy of a backend (per repository).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendOptions {
+    /// Deadline of one attempt of a control request (stat, delete, one list page).
+    pub timeout: Duration,
+    /// Deadline of one body-transfer step of one attempt (a whole PUT, or one read of a GET
+    /// body that makes no progress).
+    pub io_timeout: Duration,
+    /// How many times a transient failure is retried after the first attempt.
+    pub retries: u32,
+    /// First backoff delay; it doubles on each retry (with jitter) up to `max_backoff`.
+    pub backoff: Duration,
+    /// Longest backoff delay.
+    pub max_backoff: Duration,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            timeout: Duration::from_secs(30),
+            // A 16 MiB pack PUT must fit: 60 s allows ~280 KB/s per upload.
+            io_timeout: Duration::from_secs(60),
+            retries: 5,
+            backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl BackendOptions {
+    /// Largest accepted `retries`.
+    pub const MAX_RETRIES: u32 = 50;
+
+    /// Parses URL query parameters (`a=1&b=2`, without the `?`) over the defaults:
+    /// `timeout=<duration>` sets both deadlines, `io-timeout=<duration>` then overrides the
+    /// body-transfer one, and `retries=<n>` (0 to 50) the retry count. Durations are
+    /// humantime (`500ms`, `5s`, `2m`) or plain seconds. Unknown parameters are an error.
+    pub fn from_query(query: &str) -> std::result::Result<Self, String> {
+        let mut o = BackendOptions::default();
+        let (mut timeout, mut io_timeout) = (None, None);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "timeout" => timeout = Some(parse_timeout(key, value)?),
+                "io-timeout" | "io_timeout" => io_timeout = Some(parse_timeout(key, value)?),
+                "retries" => {
+                    o.retries = value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= Self::MAX_RETRIES)
+                        .ok_or_else(|| {
+                            format!(
+                                "option retries={value:?} is not a whole number from 0 to {}",
+                                Self::MAX_RETRIES
+                            )
+                        })?
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown option {key:?} (known: timeout, io-timeout, retries)"
+                    ))
+                }
+            }
+        }
+        if let Some(t) = timeout {
+            (o.timeout, o.io_timeout) = (t, t);
+        }
+        if let Some(t) = io_timeout {
+            o.io_timeout = t;
+        }
+        Ok(o)
+    }
+
+    /// The delay before retry number `retry` (1-based): exponential, capped, with jitter
+    /// (uniform in the upper half, so concurrent clients spread out but never hammer).
+    pub fn backoff_delay(&self, retry: u32) -> Duration {
+        let exp = self
+            .backoff
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(20));
+        let d = exp.min(self.max_backoff);
+        let half = d / 2;
+        half + Duration::from_nanos(rand::rng().random_range(0..=half.as_nanos() as u64))
+    }
+}
+
+fn parse_timeout(key: &str, value: &str) -> std::result::Result<Duration, String> {
+    let d = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(value)
+            .map_err(|e| format!("option {key}={value:?} is not a duration: {e}"))?,
+    };
+    if d.is_zero() {
+        return Err(format!("option {key} must be greater than zero"));
+    }
+    Ok(d)
+}
+
+/// The innermost error under `e` (e.g. "Connection refused"), when `e`'s own message does
+/// not already show it: transport errors often bury the useful part several sources deep.
+fn root_cause(e: &opendal::Error) -> Option<String> {
+    let mut cause: &dyn std::error::Error = std::error::Error::source(e)?;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let text = cause.to_string();
+    (!e.to_string().contains(&text)).then_some(text)
+}
 
 /// S3 connection settings.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct S3Location {
     /// Bucket name.
     pub bucket: String,
-    /// Key prefix inside the bucket (no leading or trailing `/`).
+    /// Key prefix inside the bucket (no leading or trailing `/`), optionally followed by `?`
+    /// and backend options as written in the URL (see [`S3Location::key_prefix`] and
+    /// [`S3Location::options`]).
     pub prefix: String,
     /// Endpoint URL (for S3-compatible servers); AWS when absent.
     pub endpoint: Option<String>,
@@ -41,6 +170,27 @@ pub struct S3Location {
     pub session_token: Option<String>,
     /// Use virtual-host-style addressing instead of path style.
     pub virtual_host_style: bool,
+}
+
+impl S3Location {
+    /// The key prefix inside the bucket, without options.
+    pub fn key_prefix(&self) -> &str {
+        self.prefix
+            .split_once('?')
+            .map_or(self.prefix.as_str(), |(p, _)| p)
+            .trim_matches('/')
+    }
+
+    /// Retry and timeout options from the URL's query (defaults when there is none).
+    pub fn options(&self) -> Result<BackendOptions> {
+        let query = self.prefix.split_once('?').map_or("", |(_, q)| q);
+        BackendOptions::from_query(query).map_err(|e| {
+            Error::InvalidInput(format!(
+                "repository s3://{}/{}: {e}",
+                self.bucket, self.prefix
+            ))
+        })
+    }
 }
 
 impl fmt::Debug for S3Location {
@@ -65,20 +215,31 @@ pub enum Location {
 }
 
 impl Location {
-    /// Parses `/path`, `file:///path`, a relative path, or `s3://bucket[/prefix]`. S3
-    /// settings other than bucket and prefix start empty; see [`S3Location`].
+    /// Parses `/path`, `file:///path`, a relative path, or `s3://bucket[/prefix][?options]`
+    /// (options: see [`BackendOptions::from_query`]; they are checked here). S3 settings
+    /// other than bucket, prefix and options start empty; see [`S3Location`].
     pub fn parse(text: &str) -> Result<Self> {
         if let Some(rest) = text.strip_prefix("s3://") {
-            let rest = rest.trim_matches('/');
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let (path, query) = match rest.split_once('?') {
+                Some((p, q)) => (p, q),
+                None => (rest, ""),
+            };
+            let path = path.trim_matches('/');
+            let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
             if bucket.is_empty() {
                 return Err(Error::InvalidInput(format!(
                     "repository {text:?} names no bucket (expected s3://bucket/prefix)"
                 )));
             }
+            BackendOptions::from_query(query)
+                .map_err(|e| Error::InvalidInput(format!("repository {text:?}: {e}")))?;
+            let mut prefix = prefix.trim_matches('/').to_owned();
+            if !query.is_empty() {
+                prefix = format!("{prefix}?{query}");
+            }
             return Ok(Location::S3(S3Location {
                 bucket: bucket.to_owned(),
-                prefix: prefix.trim_matches('/').to_owned(),
+                prefix,
                 region: "us-east-1".into(),
                 ..S3Location::default()
             }));
@@ -130,6 +291,7 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 pub struct Backend {
     op: Operator,
     location: String,
+    options: BackendOptions,
 }
 
 impl fmt::Debug for Backend {
@@ -149,18 +311,22 @@ impl Backend {
             location: display.clone(),
             source: Box::new(source),
         };
-        let op = match location {
+        let (op, options) = match location {
             Location::Fs(path) => {
                 let root = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
                 let builder = services::Fs::default()
                     .root(&root.to_string_lossy())
                     .atomic_write_dir(&root.join(".tmp").to_string_lossy());
-                Operator::new(builder).map_err(build_err)?
+                (
+                    Operator::new(builder).map_err(build_err)?,
+                    BackendOptions::default(),
+                )
             }
             Location::S3(s) => {
+                let options = s.options()?;
                 let mut b = services::S3::default()
                     .bucket(&s.bucket)
-                    .root(&format!("/{}", s.prefix))
+                    .root(&format!("/{}", s.key_prefix()))
                     .region(&s.region);
                 if let Some(e) = &s.endpoint {
                     b = b.endpoint(e);
@@ -178,31 +344,30 @@ impl Backend {
                 if s.virtual_host_style {
                     b = b.enable_virtual_host_style();
                 }
-                Operator::new(b).map_err(build_err)?
+                (Operator::new(b).map_err(build_err)?, options)
             }
         };
-        let op = op
-            .layer(
-                TimeoutLayer::new()
-                    .with_timeout(Duration::from_secs(60))
-                    .with_io_timeout(Duration::from_secs(30)),
-            )
-            .layer(
-                RetryLayer::new()
-                    .with_jitter()
-                    .with_max_times(5)
-                    .with_min_delay(Duration::from_millis(100))
-                    .with_max_delay(Duration::from_secs(4)),
-            );
+        // Deadlines per attempt; retries are ours (see `retry`), outside the timeouts.
+        let op = op.layer(
+            TimeoutLayer::new()
+                .with_timeout(options.timeout)
+                .with_io_timeout(options.io_timeout),
+        );
         Ok(Backend {
             op,
             location: display,
+            options,
         })
     }
 
     /// Human-readable location, for messages.
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// The retry and timeout policy in force.
+    pub fn options(&self) -> BackendOptions {
+        self.options
     }
 
     fn err(&self, action: &'static str, object: &str, source: opendal::Error) -> Error {
@@ -214,10 +379,53 @@ impl Backend {
         }
     }
 
+    /// Runs `attempt` until it succeeds, fails permanently, or the retries are used up.
+    /// Transient (OpenDAL "temporary") errors are retried after a backoff; the final error
+    /// records how many attempts were made and for how long.
+    async fn retry<T, F, Fut>(
+        &self,
+        action: &'static str,
+        object: &str,
+        mut attempt: F,
+    ) -> std::result::Result<T, opendal::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = opendal::Result<T>>,
+    {
+        let start = Instant::now();
+        let mut n = 0;
+        loop {
+            n += 1;
+            match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_temporary() && n <= self.options.retries => {
+                    let delay = self.options.backoff_delay(n);
+                    tracing::warn!(
+                        "{action} {object} in {}: attempt {n} of {} failed, retrying in {delay:.1?}: {e}",
+                        self.location,
+                        self.options.retries + 1
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) if n > 1 || e.is_temporary() => {
+                    let cause = root_cause(&e);
+                    let mut e = e
+                        .with_context("attempts", n)
+                        .with_context("elapsed", format!("{:.1?}", start.elapsed()));
+                    if let Some(cause) = cause {
+                        e = e.with_context("cause", cause);
+                    }
+                    return Err(e.set_persistent());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Reads a whole object.
     pub fn read(&self, path: &str) -> Result<Vec<u8>> {
         runtime()
-            .block_on(self.op.read(path))
+            .block_on(self.retry("reading", path, || self.op.read(path)))
             .map(|b| b.to_vec())
             .map_err(|e| self.err("reading", path, e))
     }
@@ -226,7 +434,9 @@ impl Backend {
     pub fn read_range(&self, path: &str, range: Range<u64>) -> Result<Vec<u8>> {
         let want = range.end - range.start;
         let data = runtime()
-            .block_on(async { self.op.read_with(path).range(range.clone()).await })
+            .block_on(self.retry("reading", path, || async {
+                self.op.read_with(path).range(range.clone()).await
+            }))
             .map(|b| b.to_vec())
             .map_err(|e| self.err("reading", path, e))?;
         if data.len() as u64 != want {
@@ -249,8 +459,9 @@ impl Backend {
 
     /// Async form of [`Backend::write`], for uploads running beside CPU work.
     pub async fn write_async(&self, path: &str, data: Vec<u8>) -> Result<()> {
-        self.op
-            .write(path, data)
+        // One buffer shared by every attempt (clones are reference counted).
+        let data = Buffer::from(data);
+        self.retry("writing", path, || self.op.write(path, data.clone()))
             .await
             .map(|_| ())
             .map_err(|e| self.err("writing", path, e))
@@ -259,14 +470,14 @@ impl Backend {
     /// True when the object exists.
     pub fn exists(&self, path: &str) -> Result<bool> {
         runtime()
-            .block_on(self.op.exists(path))
+            .block_on(self.retry("checking", path, || self.op.exists(path)))
             .map_err(|e| self.err("checking", path, e))
     }
 
     /// Size of an object in bytes.
     pub fn size(&self, path: &str) -> Result<u64> {
         runtime()
-            .block_on(self.op.stat(path))
+            .block_on(self.retry("checking", path, || self.op.stat(path)))
             .map(|m| m.content_length())
             .map_err(|e| self.err("checking", path, e))
     }
@@ -274,7 +485,7 @@ impl Backend {
     /// Deletes an object (absent objects are not an error).
     pub fn delete(&self, path: &str) -> Result<()> {
         runtime()
-            .block_on(self.op.delete(path))
+            .block_on(self.retry("deleting", path, || self.op.delete(path)))
             .map_err(|e| self.err("deleting", path, e))
     }
 
@@ -282,7 +493,10 @@ impl Backend {
     /// A missing directory lists as empty.
     pub fn list(&self, dir: &str) -> Result<Vec<String>> {
         let prefix = format!("{}/", dir.trim_end_matches('/'));
-        match runtime().block_on(async { self.op.list_with(&prefix).recursive(true).await }) {
+        let listed = runtime().block_on(self.retry("listing", &prefix, || async {
+            self.op.list_with(&prefix).recursive(true).await
+        }));
+        match listed {
             Ok(entries) => Ok(entries
                 .into_iter()
                 .filter(|e| e.metadata().is_file())
@@ -333,5 +547,74 @@ mod tests {
         assert!(!b.exists("data/ab/abcd").unwrap());
         let err = b.read("config").unwrap_err().to_string();
         assert!(err.contains("config"), "{err}");
+    }
+    #[test]
+    fn s3_url_options_are_checked_and_kept_apart_from_the_prefix() {
+        let Location::S3(s) = Location::parse("s3://b/a/b/?timeout=2s&retries=3").unwrap() else {
+            panic!("not s3")
+        };
+        assert_eq!(s.key_prefix(), "a/b");
+        let o = s.options().unwrap();
+        assert_eq!(o.timeout, Duration::from_secs(2));
+        assert_eq!(o.io_timeout, Duration::from_secs(2));
+        assert_eq!(o.retries, 3);
+        let Location::S3(s) = Location::parse("s3://b?io-timeout=90&timeout=500ms").unwrap() else {
+            panic!("not s3")
+        };
+        assert_eq!((s.bucket.as_str(), s.key_prefix()), ("b", ""));
+        let o = s.options().unwrap();
+        assert_eq!(o.timeout, Duration::from_millis(500));
+        assert_eq!(o.io_timeout, Duration::from_secs(90));
+        let Location::S3(s) = Location::parse("s3://b/p").unwrap() else {
+            panic!("not s3")
+        };
+        assert_eq!(s.options().unwrap(), BackendOptions::default());
+        for bad in [
+            "s3://b/p?timeout=soon",
+            "s3://b/p?timeout=0s",
+            "s3://b/p?retries=-1",
+            "s3://b/p?retries=1000",
+            "s3://b/p?colour=blue",
+        ] {
+            let err = Location::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_a_cap() {
+        let o = BackendOptions::default();
+        for retry in 1..=12 {
+            let full = o
+                .backoff
+                .saturating_mul(1 << (retry - 1))
+                .min(o.max_backoff);
+            let d = o.backoff_delay(retry);
+            assert!(
+                d >= full / 2 && d <= full,
+                "retry {retry}: {d:?} vs {full:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_connection_fails_after_the_retries_naming_the_endpoint() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let Location::S3(mut s) = Location::parse("s3://b/p?retries=2&timeout=2s").unwrap() else {
+            panic!("not s3")
+        };
+        s.endpoint = Some(format!("http://127.0.0.1:{port}"));
+        s.access_key_id = Some("id".into());
+        s.secret_access_key = Some("secret".into());
+        let b = Backend::open(&Location::S3(s)).unwrap();
+        let err = b.exists("config").unwrap_err().to_string();
+        assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+        assert!(err.contains("checking config"), "{err}");
+        assert!(err.contains("attempts: 3"), "{err}");
+        assert!(err.to_lowercase().contains("refused"), "{err}");
     }
 }

@@ -1,13 +1,18 @@
 //! Content-defined chunking of a byte stream with FastCDC (2020).
 //!
-//! Files are read in large blocks; chunks are cut with `fastcdc::v2020::cut` directly on the
-//! block and handed out as [`Bytes`] views of it, so chunk data is never copied — only a
-//! block's unfinished tail (< max chunk size) moves to the next block. Memory per stream is
-//! one block (`2 × max_size`) plus whatever chunks the consumer still holds.
+//! Each chunk is read into a buffer of its own, which is then handed out as [`Bytes`]
+//! without copying. Reading starts with `min + avg` bytes and doubles (up to the maximum
+//! chunk size) only while no cut point has been found, so a typical 1 MiB chunk costs one
+//! read and about one scan; the few bytes read past the cut (less than the last read) move to
+//! the next chunk's buffer. Memory per stream is therefore one chunk being read plus the
+//! chunks the consumer still holds — each exactly its own size — never a large shared read
+//! block kept alive by a small chunk still in a queue. Cut points depend only on the data
+//! (a cut found before the end of the buffer is final; otherwise more is read), so they do not
+//! change with read sizes.
 
 use std::io::{self, Read};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use fastcdc::v2020::{self, Normalization};
 use podvault_proto::config::ChunkerParams;
 
@@ -59,44 +64,64 @@ impl Chunker {
         mut emit: impl FnMut(Bytes) -> Result<(), E>,
     ) -> Result<u64, E> {
         let max = self.params.max_size as usize;
-        let block = 2 * max;
-        let mut buf = BytesMut::with_capacity(block);
+        let first = (self.params.min_size as usize + self.params.avg_size as usize).min(max);
+        let mut buf: Vec<u8> = Vec::new();
         let mut total = 0u64;
         let mut eof = false;
         loop {
-            while !eof && buf.len() < max {
-                let start = buf.len();
-                buf.resize(block.max(start + max), 0);
-                match reader.read(&mut buf[start..]) {
-                    Ok(0) => {
-                        buf.truncate(start);
-                        eof = true;
-                    }
-                    Ok(n) => {
-                        buf.truncate(start + n);
-                        total += n as u64;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
-                    Err(e) => return Err(e.into()),
+            // Read until the buffer holds a whole chunk: a cut before its end, `max` bytes,
+            // or the end of the stream.
+            let mut want = first.max(buf.len());
+            let n = loop {
+                if !eof && buf.len() < want {
+                    let (read, at_end) = fill(&mut reader, &mut buf, want)?;
+                    total += read as u64;
+                    eof = at_end;
                 }
-            }
-            if buf.is_empty() {
-                return Ok(total);
-            }
-            // Cut as many chunks as the block holds while a full max-size window remains
-            // (or everything, at end of stream).
-            while !buf.is_empty() && (eof || buf.len() >= max) {
+                if buf.is_empty() {
+                    return Ok(total);
+                }
                 let n = self.cut(&buf);
-                emit(buf.split_to(n).freeze())?;
+                if n < buf.len() || buf.len() >= max || eof {
+                    break n;
+                }
+                want = (buf.len() * 2).min(max);
+            };
+            let mut next = Vec::new();
+            if n < buf.len() {
+                next.reserve(first.max(buf.len() - n));
+                next.extend_from_slice(&buf[n..]);
+                buf.truncate(n);
             }
-            if !eof {
-                // Move the tail into a fresh block so emitted chunks keep the old one alive.
-                let mut next = BytesMut::with_capacity(block);
-                next.extend_from_slice(&buf);
-                buf = next;
+            buf.shrink_to_fit();
+            emit(Bytes::from(std::mem::replace(&mut buf, next)))?;
+        }
+    }
+}
+
+/// Reads into `buf` until it holds `want` bytes or the stream ends; returns the bytes read
+/// and whether the stream ended.
+fn fill<R: Read>(reader: &mut R, buf: &mut Vec<u8>, want: usize) -> io::Result<(usize, bool)> {
+    let start = buf.len();
+    buf.resize(want, 0);
+    let mut len = start;
+    let mut eof = false;
+    while len < want {
+        match reader.read(&mut buf[len..]) {
+            Ok(0) => {
+                eof = true;
+                break;
+            }
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                buf.truncate(len);
+                return Err(e);
             }
         }
     }
+    buf.truncate(len);
+    Ok((len - start, eof))
 }
 
 #[cfg(test)]
@@ -143,6 +168,15 @@ mod tests {
         let d = data(1, 1_000_000);
         let reference = chunks(&c, &d, usize::MAX);
         assert_eq!(reference.concat(), d);
+        // The same cuts as cutting the whole input in memory.
+        let mut in_memory = Vec::new();
+        let mut rest = &d[..];
+        while !rest.is_empty() {
+            let n = c.cut(rest);
+            in_memory.push(Bytes::copy_from_slice(&rest[..n]));
+            rest = &rest[n..];
+        }
+        assert_eq!(reference, in_memory);
         for (i, ch) in reference.iter().enumerate() {
             assert!(ch.len() <= 65536);
             if i + 1 < reference.len() {

@@ -124,6 +124,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let grace = i64::try_from(opts.grace.as_secs()).unwrap_or(i64::MAX / 2);
     let mut report = PruneReport::default();
 
+    // Snapshots before the index: a snapshot is written only after the index objects it
+    // needs, so every snapshot listed here is covered by the index loaded next.
+    let snapshots = repo.snapshots().map_err(refuse)?;
     let files = repo.load_index_files()?;
     let read_ids: Vec<IndexId> = files.iter().map(|(id, _)| *id).collect();
     let index = MasterIndex::from_files(files.clone());
@@ -131,8 +134,10 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let listed: HashSet<PackId> = repo.list_packs()?.into_iter().collect();
     report.packs_before = listed.len();
 
-    // Everything any snapshot needs. Taken after `now`: rule 3 compares against it.
-    let referenced = referenced_blobs(repo, &index, &mut report)?;
+    // Everything any snapshot needs. Listed after `now`: rule 3 compares against it.
+    report.snapshots = snapshots.len();
+    let roots: Vec<TreeId> = snapshots.iter().map(|(_, s)| s.tree).collect();
+    let referenced = referenced_blobs(repo, &index, roots)?;
     report.blobs_referenced = referenced.len();
 
     let mut pending: HashMap<PackId, PendingPack> = index.pending().clone();
@@ -348,22 +353,22 @@ pub(crate) fn pack_states(files: Vec<(IndexId, IndexFile)>) -> HashMap<PackId, P
     packs
 }
 
-/// Every blob (trees and file contents) reachable from any snapshot.
+/// Why prune stops without changing anything.
+fn refuse(e: Error) -> Error {
+    Error::InvalidInput(format!(
+        "prune refuses to run because part of the repository cannot be read \
+         (nothing was changed; run `podvault check`): {e}"
+    ))
+}
+
+/// Every blob (trees and file contents) reachable from the given snapshot trees.
 fn referenced_blobs(
     repo: &Repository,
     index: &MasterIndex,
-    report: &mut PruneReport,
+    roots: Vec<TreeId>,
 ) -> Result<HashSet<BlobId>> {
-    let refuse = |e: Error| {
-        Error::InvalidInput(format!(
-            "prune refuses to run because part of the repository cannot be read \
-             (nothing was changed; run `podvault check`): {e}"
-        ))
-    };
-    let snapshots = repo.snapshots().map_err(refuse)?;
-    report.snapshots = snapshots.len();
     let mut referenced = HashSet::new();
-    let mut stack: Vec<TreeId> = snapshots.iter().map(|(_, s)| s.tree).collect();
+    let mut stack = roots;
     while let Some(tree_id) = stack.pop() {
         if !referenced.insert(BlobId::from(tree_id)) {
             continue;

@@ -22,7 +22,7 @@ use crate::backend::{Backend, Location};
 use crate::blob::open_blob;
 use crate::crypto::{self, KdfCost, MasterKey};
 use crate::error::{Error, Result};
-use crate::index::{BlobLocation, MasterIndex};
+use crate::index::{BlobLocation, MasterIndex, Precision};
 
 /// Options for creating a repository.
 #[derive(Debug, Clone)]
@@ -309,7 +309,12 @@ impl Repository {
     pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
         let mut out = Vec::new();
         for id in self.list::<Snapshot>()? {
-            out.push((id, self.load::<Snapshot>(&id)?));
+            match self.load::<Snapshot>(&id) {
+                Ok(s) => out.push((id, s)),
+                // Removed by a concurrent `forget` between listing and reading.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(a.0.cmp(&b.0)));
         Ok(out)
@@ -358,9 +363,40 @@ impl Repository {
         }
     }
 
-    /// Loads every index object into one lookup structure.
+    /// Loads every index object into one lookup structure with full ids.
     pub fn load_index(&self) -> Result<MasterIndex> {
-        Ok(MasterIndex::from_files(self.load_index_files()?))
+        self.load_index_with(Precision::Exact)
+    }
+
+    /// Loads the backup's compact deduplication view of the index ([`Precision::Dedup`]).
+    pub fn load_dedup_index(&self) -> Result<MasterIndex> {
+        self.load_index_with(Precision::Dedup)
+    }
+
+    /// Loads every index object into one lookup structure, merging object by object so only
+    /// one decoded object is held beside the view. Retries like
+    /// [`Repository::load_index_files`].
+    pub fn load_index_with(&self, precision: Precision) -> Result<MasterIndex> {
+        let mut attempt = 0;
+        'again: loop {
+            attempt += 1;
+            let mut builder = MasterIndex::builder(precision);
+            for id in self.list::<IndexFile>()? {
+                match self.load::<IndexFile>(&id) {
+                    Ok(f) => builder.add(id, f),
+                    Err(e) if e.is_not_found() && attempt < 5 => continue 'again,
+                    // A damaged index object is skipped, named: its blobs count as absent, so
+                    // a backup stores them again (or adopts their packs) and a restore names
+                    // the files it cannot restore. Prune, which must see everything, uses
+                    // `load_index_files` and refuses instead.
+                    Err(e @ (Error::Corrupt { .. } | Error::Decode { .. })) => {
+                        tracing::warn!("skipping a damaged index object: {e}");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(builder.finish());
+        }
     }
 
     /// Loads every index object. An object that disappears between listing and reading was

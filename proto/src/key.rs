@@ -4,6 +4,12 @@
 //! Any number may exist; each wraps the same master key under a different password. The
 //! wrapped key is sealed with AES-256-GCM under the Argon2id output (see the agent's crypto
 //! module), so a wrong password fails authentication instead of yielding a wrong key.
+//!
+//! Key files are the one record anybody with write access to the store can forge without a
+//! key (they are plaintext and named by their plain hash), and every open runs the KDF each
+//! one asks for. Decoding therefore rejects KDF parameters beyond [`KdfParams::check`]'s
+//! ceilings, so a planted key file cannot make every `podvault` run allocate terabytes or
+//! hash for hours; the repository treats such a key as damaged and tries the others.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +28,42 @@ pub struct KdfParams {
     pub parallelism: u32,
     /// Random salt, hex.
     pub salt: String,
+}
+
+impl KdfParams {
+    /// Most memory a key may ask for: 4 GiB.
+    pub const MAX_MEMORY_KIB: u32 = 4 << 20;
+    /// Most work a key may ask for, as memory × passes: 64 GiB (a minute or so of Argon2id).
+    pub const MAX_WORK_KIB: u64 = 64 << 20;
+    /// Most lanes a key may ask for.
+    pub const MAX_PARALLELISM: u32 = 255;
+
+    /// Checks the costs against the ceilings above (the KDF itself checks the rest).
+    pub fn check(&self) -> Result<(), String> {
+        if self.memory_kib > Self::MAX_MEMORY_KIB {
+            return Err(format!(
+                "KDF memory {} KiB exceeds the {} KiB ceiling",
+                self.memory_kib,
+                Self::MAX_MEMORY_KIB
+            ));
+        }
+        if self.memory_kib as u64 * self.iterations as u64 > Self::MAX_WORK_KIB {
+            return Err(format!(
+                "KDF cost {} KiB x {} passes exceeds the ceiling of {} KiB-passes",
+                self.memory_kib,
+                self.iterations,
+                Self::MAX_WORK_KIB
+            ));
+        }
+        if !(1..=Self::MAX_PARALLELISM).contains(&self.parallelism) {
+            return Err(format!(
+                "KDF parallelism {} is outside 1..={}",
+                self.parallelism,
+                Self::MAX_PARALLELISM
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A key file.
@@ -65,7 +107,12 @@ impl Record for KeyFile {
                 supported: Self::VERSION,
             });
         }
-        serde_json::from_slice(bytes).map_err(malformed)
+        let key: KeyFile = serde_json::from_slice(bytes).map_err(malformed)?;
+        key.kdf.check().map_err(|detail| DecodeError::Malformed {
+            record: Self::NAME,
+            detail,
+        })?;
+        Ok(key)
     }
 }
 
@@ -112,5 +159,31 @@ mod tests {
             Err(DecodeError::Malformed { .. })
         ));
         assert_eq!(KeyFile::decode(&sample().encode()).unwrap(), sample());
+    }
+
+    #[test]
+    fn rejects_absurd_kdf_costs() {
+        for (memory_kib, iterations, parallelism) in [
+            (u32::MAX, 1, 1),
+            (1 << 20, 1 << 20, 1),
+            (65536, 3, 0),
+            (65536, 3, 1 << 20),
+        ] {
+            let mut k = sample();
+            k.kdf.memory_kib = memory_kib;
+            k.kdf.iterations = iterations;
+            k.kdf.parallelism = parallelism;
+            assert!(
+                matches!(
+                    KeyFile::decode(&k.encode()),
+                    Err(DecodeError::Malformed { .. })
+                ),
+                "{memory_kib} {iterations} {parallelism}"
+            );
+        }
+        let mut k = sample();
+        k.kdf.memory_kib = KdfParams::MAX_MEMORY_KIB;
+        k.kdf.iterations = 16;
+        assert!(KeyFile::decode(&k.encode()).is_ok());
     }
 }

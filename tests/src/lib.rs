@@ -244,6 +244,18 @@ pub struct Entry {
     link_group: Option<usize>,
 }
 
+impl Entry {
+    /// True for a regular file.
+    pub fn is_file(&self) -> bool {
+        self.kind == "file"
+    }
+
+    /// True when both entries hold the same bytes.
+    pub fn same_content(&self, other: &Entry) -> bool {
+        self.content == other.content
+    }
+}
+
 impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Content is summarised: a full dump of a differing file helps nobody.
@@ -326,3 +338,5 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
         assert_eq!(ea, eb, "entry {:?} differs", String::from_utf8_lossy(name));
     }
 }
+
+pub mod proxy;

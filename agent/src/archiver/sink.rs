@@ -47,7 +47,12 @@ impl PackSink {
             repo: repo.clone(),
             data: Mutex::new(Packer::new(BlobType::Data, target)),
             tree: Mutex::new(Packer::new(BlobType::Tree, target)),
-            permits: Arc::new(Semaphore::new(MAX_UPLOADS)),
+            permits: Arc::new(Semaphore::new(
+                std::env::var("PODVAULT_EXPERIMENT_UPLOADS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(MAX_UPLOADS),
+            )),
             uploads: Mutex::new(Vec::new()),
             durable: Arc::new(Mutex::new(Vec::new())),
             indexed: Mutex::new(Vec::new()),
