@@ -218,7 +218,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     }
 
     // Copy the live blobs of mostly-garbage packs.
-    let mut new_packs: Vec<(PackInfo, Vec<(BlobId, IndexEntry)>)> = Vec::new();
+    let mut new_packs: Vec<PackState> = Vec::new();
     if !to_repack.is_empty() {
         let keep: Vec<(PackId, Vec<(BlobId, IndexEntry)>)> = to_repack
             .iter()
@@ -234,9 +234,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             .collect();
         if !opts.dry_run {
             new_packs = repack(repo, &packs, &keep, &mut report)?;
-            for (info, blobs) in &new_packs {
-                for (b, _) in blobs {
-                    claimed.insert(*b, info.id);
+            for state in &new_packs {
+                for (b, _) in &state.blobs {
+                    claimed.insert(*b, state.info.id);
                 }
             }
         }
@@ -282,7 +282,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     };
     let mut kept: Vec<(&PackInfo, &Vec<(BlobId, IndexEntry)>)> = new_packs
         .iter()
-        .map(|(info, blobs)| (info, blobs))
+        .map(|state| (&state.info, &state.blobs))
         .collect();
     kept.extend(
         order
@@ -390,7 +390,7 @@ fn repack(
     packs: &HashMap<PackId, PackState>,
     keep: &[(PackId, Vec<(BlobId, IndexEntry)>)],
     report: &mut PruneReport,
-) -> Result<Vec<(PackInfo, Vec<(BlobId, IndexEntry)>)>> {
+) -> Result<Vec<PackState>> {
     let target = repo.config().pack_target_size as usize;
     let mut packers: HashMap<BlobType, Packer> = HashMap::new();
     let mut written = Vec::new();
@@ -418,7 +418,7 @@ fn repack(
                 )
             })
             .collect();
-        written.push((info, blobs));
+        written.push(PackState { info, blobs });
         Ok(())
     };
     for (pack_id, blobs) in keep {
