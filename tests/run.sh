@@ -36,7 +36,38 @@ else:
     raise SystemExit("S3 test server did not start; see $LOG")
 PY
 
-# The black-box tests insist on the S3 server being there.
+# moto accepts any credentials, so the wrong-credentials test needs a server that checks
+# signatures: s3s-fs (installed once with cargo), with known keys and a bucket directory.
+S3S=$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")
+if [ ! -x "$S3S" ]; then
+  echo "installing s3s-fs 0.14.1 (signature-checking S3 server for the credential tests)" >&2
+  cargo install s3s-fs --version 0.14.1 --features binary --locked >&2
+  S3S="$HOME/.cargo/bin/s3s-fs"
+fi
+S3S_PORT=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+S3S_ROOT=$(mktemp -d -t podvault-s3s.XXXXXX)
+S3S_LOG=$(mktemp -t podvault-s3s.XXXXXX.log)
+mkdir "$S3S_ROOT/podvault-test"
+export PODVAULT_TEST_S3S_ENDPOINT="http://127.0.0.1:$S3S_PORT"
+export PODVAULT_TEST_S3S_BUCKET=podvault-test
+export PODVAULT_TEST_S3S_ACCESS_KEY=podvault-s3s PODVAULT_TEST_S3S_SECRET_KEY=podvault-s3s-secret
+"$S3S" --host 127.0.0.1 --port "$S3S_PORT" --access-key "$PODVAULT_TEST_S3S_ACCESS_KEY" \
+  --secret-key "$PODVAULT_TEST_S3S_SECRET_KEY" "$S3S_ROOT" >"$S3S_LOG" 2>&1 &
+S3S_PID=$!
+trap 'kill $MOTO $S3S_PID 2>/dev/null || true; rm -rf "$S3S_ROOT"' EXIT
+"$VENV/bin/python" - <<PY
+import socket, time
+for _ in range(100):
+    try:
+        socket.create_connection(("127.0.0.1", $S3S_PORT), timeout=1).close()
+        break
+    except OSError:
+        time.sleep(0.1)
+else:
+    raise SystemExit("s3s-fs did not start; see $S3S_LOG")
+PY
+
+# The black-box tests insist on the S3 servers being there.
 export CI=${CI:-true}
 # With arguments (e.g. `-p podvault-tests --test kill`) only what they select is built and run.
 if [ $# -eq 0 ]; then

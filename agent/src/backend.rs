@@ -16,14 +16,14 @@
 //! every object is written once under a name derived from its content (or, for `config` and
 //! keys, written once by `init`), so a replayed PUT writes the same bytes. Each retry is
 //! logged as a warning; the final error names the action, the object, the location (with the
-//! endpoint) and how many attempts were made over how long. The time one operation can take
-//! is therefore bounded by about `(retries + 1) × timeout + retries × max backoff (10 s)`.
+//! endpoint), how many attempts were made over how long, and the root cause. One operation
+//! therefore takes at most about `(retries + 1) × deadline` plus the backoff delays (from
+//! 0.2 s, doubling, at most 10 s each): some 3 minutes with the defaults against an endpoint
+//! that never answers, a few seconds against a closed port.
 //!
 //! Options are per repository, given as query parameters of the S3 URL, for example
-//! `s3://bucket/prefix?timeout=5s&retries=3` (see [`BackendOptions::from_query`]). They are
-//! kept, as written, after a `?` at the end of [`S3Location::prefix`] so that the fields of
-//! [`S3Location`] (which callers build literally) stay as they are;
-//! [`S3Location::key_prefix`] and [`S3Location::options`] split them apart.
+//! `s3://bucket/prefix?timeout=5s&retries=3` (see [`BackendOptions::from_query`]), parsed
+//! into [`S3Location::options`].
 //!
 //! All I/O runs on one engine-wide tokio runtime; the engine's worker threads call the
 //! blocking wrappers, which is safe from any thread that is not itself a runtime worker.
@@ -154,10 +154,10 @@ fn root_cause(e: &opendal::Error) -> Option<String> {
 pub struct S3Location {
     /// Bucket name.
     pub bucket: String,
-    /// Key prefix inside the bucket (no leading or trailing `/`), optionally followed by `?`
-    /// and backend options as written in the URL (see [`S3Location::key_prefix`] and
-    /// [`S3Location::options`]).
+    /// Key prefix inside the bucket (no leading or trailing `/`).
     pub prefix: String,
+    /// Retry and timeout policy (from the URL's query; defaults otherwise).
+    pub options: BackendOptions,
     /// Endpoint URL (for S3-compatible servers); AWS when absent.
     pub endpoint: Option<String>,
     /// Region.
@@ -170,27 +170,6 @@ pub struct S3Location {
     pub session_token: Option<String>,
     /// Use virtual-host-style addressing instead of path style.
     pub virtual_host_style: bool,
-}
-
-impl S3Location {
-    /// The key prefix inside the bucket, without options.
-    pub fn key_prefix(&self) -> &str {
-        self.prefix
-            .split_once('?')
-            .map_or(self.prefix.as_str(), |(p, _)| p)
-            .trim_matches('/')
-    }
-
-    /// Retry and timeout options from the URL's query (defaults when there is none).
-    pub fn options(&self) -> Result<BackendOptions> {
-        let query = self.prefix.split_once('?').map_or("", |(_, q)| q);
-        BackendOptions::from_query(query).map_err(|e| {
-            Error::InvalidInput(format!(
-                "repository s3://{}/{}: {e}",
-                self.bucket, self.prefix
-            ))
-        })
-    }
 }
 
 impl fmt::Debug for S3Location {
@@ -231,15 +210,12 @@ impl Location {
                     "repository {text:?} names no bucket (expected s3://bucket/prefix)"
                 )));
             }
-            BackendOptions::from_query(query)
+            let options = BackendOptions::from_query(query)
                 .map_err(|e| Error::InvalidInput(format!("repository {text:?}: {e}")))?;
-            let mut prefix = prefix.trim_matches('/').to_owned();
-            if !query.is_empty() {
-                prefix = format!("{prefix}?{query}");
-            }
             return Ok(Location::S3(S3Location {
                 bucket: bucket.to_owned(),
-                prefix,
+                prefix: prefix.trim_matches('/').to_owned(),
+                options,
                 region: "us-east-1".into(),
                 ..S3Location::default()
             }));
@@ -323,10 +299,10 @@ impl Backend {
                 )
             }
             Location::S3(s) => {
-                let options = s.options()?;
+                let options = s.options;
                 let mut b = services::S3::default()
                     .bucket(&s.bucket)
-                    .root(&format!("/{}", s.key_prefix()))
+                    .root(&format!("/{}", s.prefix))
                     .region(&s.region);
                 if let Some(e) = &s.endpoint {
                     b = b.endpoint(e);
@@ -553,22 +529,22 @@ mod tests {
         let Location::S3(s) = Location::parse("s3://b/a/b/?timeout=2s&retries=3").unwrap() else {
             panic!("not s3")
         };
-        assert_eq!(s.key_prefix(), "a/b");
-        let o = s.options().unwrap();
+        assert_eq!(s.prefix.as_str(), "a/b");
+        let o = s.options;
         assert_eq!(o.timeout, Duration::from_secs(2));
         assert_eq!(o.io_timeout, Duration::from_secs(2));
         assert_eq!(o.retries, 3);
         let Location::S3(s) = Location::parse("s3://b?io-timeout=90&timeout=500ms").unwrap() else {
             panic!("not s3")
         };
-        assert_eq!((s.bucket.as_str(), s.key_prefix()), ("b", ""));
-        let o = s.options().unwrap();
+        assert_eq!((s.bucket.as_str(), s.prefix.as_str()), ("b", ""));
+        let o = s.options;
         assert_eq!(o.timeout, Duration::from_millis(500));
         assert_eq!(o.io_timeout, Duration::from_secs(90));
         let Location::S3(s) = Location::parse("s3://b/p").unwrap() else {
             panic!("not s3")
         };
-        assert_eq!(s.options().unwrap(), BackendOptions::default());
+        assert_eq!(s.options, BackendOptions::default());
         for bad in [
             "s3://b/p?timeout=soon",
             "s3://b/p?timeout=0s",

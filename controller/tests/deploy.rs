@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -87,6 +88,7 @@ fn check(doc: &Value, origin: &str) -> String {
         ("v1", "Pod") => drop(typed::<Pod>(doc, &origin)),
         ("apps/v1", "DaemonSet") => drop(typed::<DaemonSet>(doc, &origin)),
         ("apps/v1", "Deployment") => drop(typed::<Deployment>(doc, &origin)),
+        ("batch/v1", "CronJob") => drop(typed::<CronJob>(doc, &origin)),
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => drop(typed::<ClusterRole>(doc, &origin)),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
             drop(typed::<ClusterRoleBinding>(doc, &origin))
@@ -173,6 +175,7 @@ fn every_manifest_and_example_parses_into_its_type() {
         "BackupRepository",
         "Secret",
         "Pod",
+        "CronJob",
     ] {
         assert!(kinds.iter().any(|k| k == kind), "no {kind} in deploy/");
     }

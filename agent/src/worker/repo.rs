@@ -110,6 +110,7 @@ pub fn settings(
                 secret_access_key,
                 session_token: None,
                 virtual_host_style: !s3.path_style,
+                options: Default::default(),
             })
         }
         (None, Some(fs)) => Location::Fs(fs.path.clone().into()),
