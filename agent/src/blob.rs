@@ -4,6 +4,8 @@
 //! Opening checks the seal, decompresses, and recomputes the keyed id, so a blob that opens
 //! is exactly the content its id names.
 
+use std::io::Read;
+
 use podvault_proto::pack::BlobType;
 use podvault_proto::BlobId;
 
@@ -59,6 +61,9 @@ impl BlobEncoder {
     }
 }
 
+/// Largest buffer reserved before decompressing (larger blobs grow as they decode).
+const MAX_PREALLOC: usize = 16 << 20;
+
 /// Opens a sealed blob and verifies that its content hashes to `id`.
 pub fn open_blob(
     key: &MasterKey,
@@ -75,8 +80,15 @@ pub fn open_blob(
         .ok_or_else(|| format!("blob {id}: empty plaintext"))?;
     let data = match codec {
         CODEC_RAW => payload.to_vec(),
-        CODEC_ZSTD => zstd::bulk::decompress(payload, raw_length as usize)
-            .map_err(|e| format!("blob {id}: decompression failed: {e}"))?,
+        CODEC_ZSTD => {
+            // Streamed, and never more than the index promises (+1 to notice excess): a
+            // forged raw length must not make us reserve gigabytes up front.
+            let mut out = Vec::with_capacity((raw_length as usize).min(MAX_PREALLOC));
+            zstd::stream::read::Decoder::with_buffer(payload)
+                .and_then(|d| d.take(raw_length as u64 + 1).read_to_end(&mut out))
+                .map_err(|e| format!("blob {id}: decompression failed: {e}"))?;
+            out
+        }
         other => return Err(format!("blob {id}: unknown codec {other}")),
     };
     if data.len() != raw_length as usize {

@@ -88,6 +88,19 @@ impl Repository {
                 location: backend.location().to_owned(),
             });
         }
+        // A repository that lost its config still holds keys and data: a new master key
+        // beside them would make them unreadable for good.
+        for dir in [ObjectKind::Key, ObjectKind::Snapshot, ObjectKind::Index] {
+            if !backend.list(dir.name())?.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "{} has no config but already holds podvault objects ({}/); refusing to \
+                     create a new repository over them — restore the config object, or \
+                     choose an empty location",
+                    backend.location(),
+                    dir.name()
+                )));
+            }
+        }
         let mut repository_id = [0u8; 32];
         rand::rng().fill_bytes(&mut repository_id);
         let mut repo = Repository {
@@ -185,6 +198,7 @@ impl Repository {
     pub fn add_key(&self, password: &[u8], cost: KdfCost) -> Result<podvault_proto::KeyId> {
         let (kdf, sealed) =
             crypto::wrap_master_key(&self.key, password, cost).map_err(Error::InvalidInput)?;
+        kdf.check().map_err(Error::InvalidInput)?;
         let kf = KeyFile {
             version: KeyFile::VERSION,
             created: chrono::Utc::now().to_rfc3339(),

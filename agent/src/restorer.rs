@@ -13,6 +13,27 @@
 //! written outside the target. A file whose data cannot be read or verified is removed and
 //! reported, the rest is restored, and the restore returns an error — it never reports
 //! success for an incomplete restore or leaves wrong bytes in place.
+//!
+//! ## Hostile repositories
+//! A repository may be damaged or written by someone else, so every tree is treated as
+//! untrusted input (see `tests/tests/hostile.rs`). Problems with one entry are reported
+//! (by path, entry name and tree id) and that entry is skipped; its siblings are still
+//! restored and the restore ends with an error:
+//! - entries whose name is not one plain component (`..`, `.`, empty, `/` or NUL inside,
+//!   absolute) are skipped, never joined to a path;
+//! - names that occur more than once in a tree are all skipped (which one is real cannot be
+//!   told, and a symlink sharing a directory's or file's name must never be written through);
+//!   trees are sorted here, so an unsorted tree still restores;
+//! - a directory whose tree cannot be loaded (missing, damaged, not a tree, or one of its own
+//!   ancestors, i.e. a cycle) or that nests deeper than [`MAX_DEPTH`] is skipped and not
+//!   created. The depth bound also bounds the planner's recursion, which runs on its own
+//!   thread with a stack sized for it (the agent's blocking threads have only 2 MiB);
+//!   paths that deep exceed `PATH_MAX` anyway;
+//! - a file whose chunks are missing or do not add up to its size is never created, so a
+//!   hostile size cannot make it allocate; any other error creating one entry fails that
+//!   entry only (a full disk fails the files that do not fit);
+//! - when the restore is canceled, files it created but did not finish are removed rather
+//!   than left zero-filled.
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -24,9 +45,10 @@ use std::sync::Mutex;
 use std::thread;
 
 use filetime::FileTime;
+use podvault_proto::pack::BlobType;
 use podvault_proto::snapshot::Snapshot;
-use podvault_proto::tree::{Node, NodeKind};
-use podvault_proto::{BlobId, PackId, TreeId};
+use podvault_proto::tree::{Node, NodeKind, Tree};
+use podvault_proto::{BlobId, PackId, Record, TreeId};
 
 use crate::error::{Error, Result};
 use crate::index::{BlobLocation, MasterIndex};
@@ -67,10 +89,18 @@ pub struct RestoreOutcome {
     pub skipped: Vec<String>,
 }
 
+/// Deepest directory nesting restored (a path that deep is far beyond `PATH_MAX`).
+pub const MAX_DEPTH: usize = 2048;
+/// Stack of the planning thread: 32 KiB per level of [`MAX_DEPTH`] (virtual; only the
+/// levels actually reached are touched).
+const PLAN_STACK: usize = MAX_DEPTH * 32 * 1024;
+
 struct PlannedFile {
     path: PathBuf,
     node: Node,
     failed: Option<String>,
+    /// The restorer created (and truncated) the file; it is removed if the restore stops.
+    created: bool,
 }
 
 struct Plan {
@@ -80,6 +110,23 @@ struct Plan {
     links: Vec<(PathBuf, usize, Node)>,
     placements: HashMap<BlobId, Vec<(usize, u64)>>,
     first_link: HashMap<(u64, u64), usize>,
+    /// Entries that could not be planned, each naming its path and why.
+    errors: Vec<String>,
+}
+
+impl Plan {
+    /// Records an entry that will not be restored.
+    fn error(&mut self, message: String) {
+        tracing::error!("not restored: {message}");
+        self.errors.push(message);
+    }
+
+    /// Removes files this restore created but did not finish (the restore was stopped).
+    fn abandon(&self) {
+        for f in self.files.iter().filter(|f| f.created) {
+            let _ = fs::remove_file(&f.path);
+        }
+    }
 }
 
 /// Restores `snapshot` per `opts` (the snapshot field of `opts` is not consulted).
@@ -109,20 +156,42 @@ pub fn restore(
         links: Vec::new(),
         placements: HashMap::new(),
         first_link: HashMap::new(),
+        errors: Vec::new(),
     };
     let mut outcome = RestoreOutcome::default();
-    plan_tree(
-        repo,
-        &index,
-        &snapshot.tree,
-        &opts.target,
-        &mut Vec::new(),
-        &includes,
-        opts.delete,
-        &mut plan,
-        progress,
-    )?;
+    let root = load_tree(repo, &index, &snapshot.tree)?;
+    // The planner recurses once per directory level; its own thread gets a stack sized for
+    // MAX_DEPTH levels whatever thread called us (the agent uses 2 MiB blocking threads).
+    let planned = thread::scope(|s| {
+        let planner = thread::Builder::new()
+            .name("podvault-restore-plan".into())
+            .stack_size(PLAN_STACK)
+            .spawn_scoped(s, || {
+                plan_tree(
+                    repo,
+                    &index,
+                    &snapshot.tree,
+                    root,
+                    &opts.target,
+                    &mut Vec::new(),
+                    &includes,
+                    opts.delete,
+                    &mut plan,
+                    progress,
+                    &mut vec![snapshot.tree],
+                )
+            })
+            .map_err(|e| Error::io(&opts.target, e))?;
+        planner
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    });
+    if let Err(e) = planned {
+        plan.abandon();
+        return Err(e);
+    }
     if cancel.load(Ordering::Relaxed) {
+        plan.abandon();
         return Err(Error::Canceled);
     }
 
@@ -152,6 +221,7 @@ pub fn restore(
         }
     });
     if cancel.load(Ordering::Relaxed) {
+        plan.abandon();
         return Err(Error::Canceled);
     }
     for (i, why) in failures.into_inner().unwrap_or_else(|p| p.into_inner()) {
@@ -160,16 +230,20 @@ pub fn restore(
 
     // Finish: metadata, removal of failed files, links, special files, directories.
     let root = nix::unistd::geteuid().is_root();
-    let mut failed: Vec<String> = Vec::new();
+    // Plan errors were logged when found; everything else is logged here.
+    let mut failed: Vec<String> = std::mem::take(&mut plan.errors);
+    let mut fail = |message: String| {
+        tracing::error!("not restored: {message}");
+        failed.push(message);
+    };
     for f in &plan.files {
         if let Some(why) = &f.failed {
             let _ = fs::remove_file(&f.path);
-            tracing::error!(path = %f.path.display(), "not restored: {why}");
-            failed.push(format!("{}: {why}", f.path.display()));
+            fail(format!("{}: {why}", f.path.display()));
             continue;
         }
         if let Err(e) = set_metadata(&f.path, &f.node, root, false) {
-            failed.push(e.to_string());
+            fail(e.to_string());
             continue;
         }
         outcome.files += 1;
@@ -177,7 +251,7 @@ pub fn restore(
     }
     for (path, first, _) in &plan.links {
         if plan.files[*first].failed.is_some() {
-            failed.push(format!(
+            fail(format!(
                 "{}: hard link to a file that was not restored",
                 path.display()
             ));
@@ -188,19 +262,19 @@ pub fn restore(
         });
         match r {
             Ok(()) => outcome.others += 1,
-            Err(e) => failed.push(e.to_string()),
+            Err(e) => fail(e.to_string()),
         }
     }
     for (path, node) in &plan.deferred {
         match create_special(path, node, root) {
             Ok(true) => outcome.others += 1,
             Ok(false) => outcome.skipped.push(path.display().to_string()),
-            Err(e) => failed.push(e.to_string()),
+            Err(e) => fail(e.to_string()),
         }
     }
     for (path, node) in plan.dirs.iter().rev() {
         if let Err(e) = set_metadata(path, node, root, false) {
-            failed.push(e.to_string());
+            fail(e.to_string());
         }
         outcome.dirs += 1;
     }
@@ -213,108 +287,163 @@ pub fn restore(
     Ok(outcome)
 }
 
+/// Loads a tree to restore, with its entries sorted by name (stable, so duplicates stay in
+/// stored order); entries are validated by [`plan_tree`].
+fn load_tree(repo: &Repository, index: &MasterIndex, id: &TreeId) -> Result<Vec<Node>> {
+    let bytes = repo.read_blob(index, BlobType::Tree, &BlobId::from(*id))?;
+    let mut nodes = Tree::decode(&bytes)
+        .map_err(|source| Error::Decode {
+            object: format!("tree {id}"),
+            source,
+        })?
+        .nodes;
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(nodes)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn plan_tree(
     repo: &Repository,
     index: &MasterIndex,
     tree_id: &TreeId,
+    nodes: Vec<Node>,
     dir: &Path,
     rel: &mut Vec<Vec<u8>>,
     includes: &[Vec<Vec<u8>>],
     delete: bool,
     plan: &mut Plan,
     progress: &Progress,
+    ancestors: &mut Vec<TreeId>,
 ) -> Result<()> {
-    let tree = repo.load_tree(index, tree_id)?;
-    for node in &tree.nodes {
-        if !node.name_is_safe() {
-            return Err(Error::Corrupt {
-                object: format!("tree {tree_id}"),
-                detail: format!("unsafe entry name {:?}", node.display_name()),
-            });
-        }
-    }
     if delete && includes.is_empty() {
-        remove_extraneous(dir, &tree.nodes)?;
+        remove_extraneous(dir, &nodes)?;
     }
-    for node in &tree.nodes {
+    let mut i = 0;
+    while i < nodes.len() {
+        // Entries sharing a name are handled together.
+        let copies = nodes[i..]
+            .iter()
+            .take_while(|n| n.name == nodes[i].name)
+            .count();
+        let node = &nodes[i];
+        i += copies;
         rel.push(node.name.clone());
         let selected = includes.is_empty() || includes.iter().any(|inc| rel.starts_with(inc));
         let ancestor = includes
             .iter()
             .any(|inc| inc.starts_with(rel) && inc.len() > rel.len());
+        rel.pop();
+        if !(selected || ancestor) {
+            continue;
+        }
+        if !node.name_is_safe() {
+            plan.error(format!(
+                "{}: entry {:?} in tree {tree_id}: unsafe name (not a single path component)",
+                dir.display(),
+                node.display_name()
+            ));
+            continue;
+        }
         let path = dir.join(std::ffi::OsStr::from_bytes(&node.name));
-        if selected || ancestor {
-            match node.kind {
-                NodeKind::Dir => {
-                    ensure_dir(&path)?;
-                    let sub = node.subtree.ok_or_else(|| Error::Corrupt {
-                        object: format!("tree {tree_id}"),
-                        detail: format!("directory {:?} has no subtree", node.display_name()),
+        if copies > 1 {
+            plan.error(format!(
+                "{}: entry {:?} appears {copies} times in tree {tree_id}; none of them is restored",
+                path.display(),
+                node.display_name()
+            ));
+            continue;
+        }
+        rel.push(node.name.clone());
+        match node.kind {
+            NodeKind::Dir => {
+                let sub = match node.subtree {
+                    None => Err("the directory has no subtree".to_owned()),
+                    Some(sub) if ancestors.contains(&sub) => Err(format!(
+                        "its tree {sub} is one of its own ancestors (a cycle)"
+                    )),
+                    Some(_) if ancestors.len() >= MAX_DEPTH => {
+                        Err(format!("directories nest deeper than {MAX_DEPTH} levels"))
+                    }
+                    Some(sub) => load_tree(repo, index, &sub)
+                        .map(|nodes| (sub, nodes))
+                        .map_err(|e| e.to_string()),
+                };
+                let planned = sub.and_then(|sub| {
+                    ensure_dir(&path).map_err(|e| match e {
+                        // The path is named below.
+                        Error::Io { source, .. } => source.to_string(),
+                        other => other.to_string(),
                     })?;
-                    let inner: Vec<Vec<Vec<u8>>> = if selected {
-                        Vec::new()
-                    } else {
-                        includes.to_vec()
-                    };
-                    plan_tree(
-                        repo,
-                        index,
-                        &sub,
-                        &path,
-                        rel,
-                        if selected { &inner } else { includes },
-                        delete,
-                        plan,
-                        progress,
-                    )?;
-                    if selected {
-                        plan.dirs.push((path, node.clone()));
+                    Ok(sub)
+                });
+                match planned {
+                    Err(why) => plan.error(format!(
+                        "{}: directory in tree {tree_id}: {why}",
+                        path.display()
+                    )),
+                    Ok((sub, sub_nodes)) => {
+                        let inner: Vec<Vec<Vec<u8>>> = if selected {
+                            Vec::new()
+                        } else {
+                            includes.to_vec()
+                        };
+                        ancestors.push(sub);
+                        let r = plan_tree(
+                            repo,
+                            index,
+                            &sub,
+                            sub_nodes,
+                            &path,
+                            rel,
+                            if selected { &inner } else { includes },
+                            delete,
+                            plan,
+                            progress,
+                            ancestors,
+                        );
+                        ancestors.pop();
+                        r?;
+                        if selected {
+                            plan.dirs.push((path, node.clone()));
+                        }
                     }
                 }
-                _ if !selected => {}
-                NodeKind::File => plan_file(index, path, node, plan, progress)?,
-                _ => plan.deferred.push((path, node.clone())),
             }
+            _ if !selected => {}
+            NodeKind::File => plan_file(index, path, node, plan, progress),
+            _ => plan.deferred.push((path, node.clone())),
         }
         rel.pop();
     }
     Ok(())
 }
 
+/// Plans one file: creates it at its full (sparse) size and notes where its chunks go. A
+/// file that cannot be restored is recorded as failed and not created.
 fn plan_file(
     index: &MasterIndex,
     path: PathBuf,
     node: &Node,
     plan: &mut Plan,
     progress: &Progress,
-) -> Result<()> {
+) {
     let key = (node.device, node.inode);
     if node.links > 1 {
         if let Some(&first) = plan.first_link.get(&key) {
             if plan.files[first].node.content == node.content {
                 plan.links.push((path, first, node.clone()));
-                return Ok(());
+                return;
             }
         }
     }
-    remove_non_file(&path)?;
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
     let mut failed = None;
+    let mut chunks = Vec::with_capacity(node.content.len());
     let mut offset = 0u64;
-    let n = plan.files.len();
     for c in &node.content {
         let id = BlobId(c.0);
         match index.lookup(&id) {
             Some(loc) => {
-                plan.placements.entry(id).or_default().push((n, offset));
+                chunks.push((id, offset));
                 offset += loc.raw_length as u64;
             }
             None => {
@@ -328,9 +457,21 @@ fn plan_file(
             node.size
         ));
     }
-    file.set_len(node.size).map_err(|e| Error::io(&path, e))?;
-    Progress::add(&progress.files_total, 1);
-    Progress::add(&progress.bytes_total, node.size);
+    let mut created = false;
+    if failed.is_none() {
+        match create_file(&path, node.size) {
+            Ok(()) => created = true,
+            Err(e) => failed = Some(e.to_string()),
+        }
+    }
+    let n = plan.files.len();
+    if created {
+        for (id, offset) in chunks {
+            plan.placements.entry(id).or_default().push((n, offset));
+        }
+        Progress::add(&progress.files_total, 1);
+        Progress::add(&progress.bytes_total, node.size);
+    }
     if node.links > 1 {
         plan.first_link.insert(key, n);
     }
@@ -338,8 +479,30 @@ fn plan_file(
         path,
         node: node.clone(),
         failed,
+        created,
     });
-    Ok(())
+}
+
+/// Creates (or truncates) a regular file of `size` bytes, all a hole; never follows a
+/// symlink. On failure nothing the restorer made is left at `path`.
+fn create_file(path: &Path, size: u64) -> std::io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            return Err(std::io::Error::other("a directory is in the way of a file"))
+        }
+        Ok(m) if !m.is_file() => fs::remove_file(path)?,
+        _ => {}
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)?;
+    file.set_len(size).inspect_err(|_| {
+        let _ = fs::remove_file(path);
+    })
 }
 
 /// Reads the needed spans of one pack and writes its blobs wherever they belong.
@@ -352,6 +515,9 @@ fn restore_pack(
     progress: &Progress,
 ) {
     const MAX_GAP: u64 = 1 << 20;
+    // A span is held in memory (twice while the backend copies it out) by each of the
+    // readers, so it stays small; a blob larger than this is still read in one piece.
+    const MAX_SPAN: u64 = 4 << 20;
     let fail = |id: &BlobId, why: String| {
         let mut f = failures.lock().unwrap_or_else(|p| p.into_inner());
         for &(file, _) in plan.placements.get(id).into_iter().flatten() {
@@ -364,7 +530,10 @@ fn restore_pack(
         let start = blobs[i].1.offset as u64;
         let mut end = start + blobs[i].1.length as u64;
         let mut j = i + 1;
-        while j < blobs.len() && (blobs[j].1.offset as u64) <= end + MAX_GAP {
+        while j < blobs.len()
+            && (blobs[j].1.offset as u64) <= end + MAX_GAP
+            && blobs[j].1.offset as u64 + blobs[j].1.length as u64 - start <= MAX_SPAN
+        {
             end = end.max(blobs[j].1.offset as u64 + blobs[j].1.length as u64);
             j += 1;
         }
@@ -419,17 +588,6 @@ fn ensure_dir(path: &Path) -> Result<()> {
         Err(_) => {}
     }
     fs::create_dir(path).map_err(|e| Error::io(path, e))
-}
-
-fn remove_non_file(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Err(Error::io(
-            path,
-            std::io::Error::other("a directory is in the way of a file"),
-        )),
-        Ok(m) if !m.is_file() => fs::remove_file(path).map_err(|e| Error::io(path, e)),
-        _ => Ok(()),
-    }
 }
 
 fn remove_non_dir(path: &Path) -> Result<()> {

@@ -269,6 +269,24 @@ fn repository_config_missing_is_named() {
     assert_eq!(fs::read_dir(repo_dir.join("snapshots")).unwrap().count(), 1);
 }
 
+/// On a repository that lost its config, `init` must not write a second master key beside
+/// the old keys and snapshots (the old data would no longer open).
+#[test]
+fn init_refuses_a_location_that_still_holds_keys_or_snapshots() {
+    let work = tempfile::tempdir().unwrap();
+    let repo_dir = work.path().join("repo");
+    let repo = Repo::fs(&repo_dir);
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    repo.init();
+    repo.backup_json(&[src.to_str().unwrap()]);
+    fs::remove_file(repo_dir.join("config")).unwrap();
+    let out = repo.run(&["init", "--kdf-memory-kib", "1024", "--kdf-iterations", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(fs::read_dir(repo_dir.join("keys")).unwrap().count(), 1);
+}
+
 // ---- S3 servers ----
 
 #[test]
@@ -605,6 +623,14 @@ fn files_vanishing_during_a_backup_never_break_it_or_the_snapshot() {
         return;
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!(
+        "the backup reported {} vanished path(s) and {} file(s) changed while read",
+        v["summary"]["errors"].as_array().unwrap().len(),
+        v["summary"]["changed_during_read"]
+            .as_array()
+            .unwrap()
+            .len()
+    );
     for e in v["summary"]["errors"].as_array().unwrap() {
         let path = e["path"].as_str().unwrap();
         assert!(path.starts_with(src.to_str().unwrap()), "{e}");

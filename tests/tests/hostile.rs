@@ -255,6 +255,7 @@ impl Case {
             &target,
         );
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("restore stderr:\n{err}");
         let code = out.status.code();
         match expect {
             Expect::Fail(needles) => {
