@@ -185,6 +185,8 @@ impl fmt::Debug for S3Location {
 }
 
 /// Where a repository lives.
+// One value per command: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     /// A local directory.
