@@ -201,11 +201,13 @@ pub fn backup(
         .unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get()))
         .max(1);
     let scan_done = AtomicBool::new(false);
-    // Chunk bytes between walker and workers: room for the largest chunk, or two average
-    // chunks per worker (one being sealed, one waiting), whichever is more.
+    // Chunk bytes between walker and workers: enough for every worker (up to four) to hold a
+    // maximum-size chunk — low-entropy data such as zero runs yields nothing else, and a
+    // smaller budget would leave all but one worker idle — or two average chunks per worker
+    // (one being sealed, one waiting), whichever is more. Typical chunks use a fraction.
     let chunker = repo.config().chunker;
     let in_flight = InFlight::new(
-        (chunker.max_size as usize).max(threads * 2 * chunker.avg_size as usize),
+        (chunker.max_size as usize * threads.min(4)).max(threads * 2 * chunker.avg_size as usize),
     );
     let (root, summary, used_packs) = thread::scope(|scope| -> Result<_> {
         scope.spawn(|| scan(&roots, &excludes, progress, &scan_done));
@@ -260,6 +262,19 @@ pub fn backup(
         worker_result?;
         Ok((root, walker.summary, walker.used_packs))
     })?;
+    // The walk can finish before the pre-scan (a small tree, a busy machine); the walk's own
+    // counts are then the exact totals.
+    if !progress.totals_final.load(Ordering::Relaxed) {
+        progress.files_total.store(
+            progress.files_done.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        progress.bytes_total.store(
+            progress.bytes_done.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        progress.totals_final.store(true, Ordering::Relaxed);
+    }
     sink.finish()?;
     let mut depends = used_packs;
     depends.extend(sink.written_packs());

@@ -97,7 +97,10 @@ struct Short {
 
 impl Short {
     fn key(id: &BlobId) -> (u64, u32) {
-        (top(id), u32::from_be_bytes([id.0[8], id.0[9], id.0[10], id.0[11]]))
+        (
+            top(id),
+            u32::from_be_bytes([id.0[8], id.0[9], id.0[10], id.0[11]]),
+        )
     }
 }
 
@@ -360,7 +363,9 @@ impl MasterIndex {
         }
         let (hi, lo) = Short::key(id);
         let slice = &self.shorts[self.short_buckets.range(hi)];
-        let i = slice.binary_search_by(|s| (s.hi, s.lo).cmp(&(hi, lo))).ok()?;
+        let i = slice
+            .binary_search_by(|s| (s.hi, s.lo).cmp(&(hi, lo)))
+            .ok()?;
         Some(slice[i].pack)
     }
 
@@ -407,8 +412,7 @@ impl MasterIndex {
 
     /// True when `pack` is listed by an index object or marked for deletion.
     pub fn knows_pack(&self, pack: &PackId) -> bool {
-        self.pending.contains_key(pack)
-            || self.packs.binary_search_by(|p| p.id.cmp(pack)).is_ok()
+        self.pending.contains_key(pack) || self.packs.binary_search_by(|p| p.id.cmp(pack)).is_ok()
     }
 
     /// Approximate heap bytes held by this view.
@@ -527,9 +531,15 @@ mod tests {
         assert_eq!(m.precision(), Precision::Dedup);
         assert_eq!(m.len(), 3);
         assert_eq!(m.live_pack(&BlobId([10; 32])), Some(PackId([1; 32])));
-        assert!(m.lookup(&BlobId([10; 32])).is_none(), "no location for data");
+        assert!(
+            m.lookup(&BlobId([10; 32])).is_none(),
+            "no location for data"
+        );
         let tree = m.lookup(&BlobId([30; 32])).unwrap();
-        assert_eq!((tree.pack, tree.blob_type), (PackId([2; 32]), BlobType::Tree));
+        assert_eq!(
+            (tree.pack, tree.blob_type),
+            (PackId([2; 32]), BlobType::Tree)
+        );
         assert!(!m.contains(&BlobId([11; 32])));
         // Only the first 96 bits count for data blobs.
         let mut near = [10u8; 32];
@@ -556,7 +566,11 @@ mod tests {
                 file.packs.push(PackInfo {
                     id: PackId(id()),
                     size: 1 << 20,
-                    blob_type: if p == 0 { BlobType::Tree } else { BlobType::Data },
+                    blob_type: if p == 0 {
+                        BlobType::Tree
+                    } else {
+                        BlobType::Data
+                    },
                 });
                 for k in 0..50u32 {
                     let blob = BlobId(id());

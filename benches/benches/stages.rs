@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of each backup pipeline stage, so a regression shows per stage:
 //! chunking, keyed hashing, compression + sealing (zstd levels 1 and 3 on compressible and
-//! random data), sealing alone (AES-256-GCM), opening, packing and index lookup.
+//! random data), sealing alone (AES-256-GCM), opening, packing, and building and querying the
+//! index (exact view, and the backup's compact deduplication view).
 //!
 //! `cargo bench -p podvault-benches --bench stages` (a few minutes on 2 cores; pass a filter
 //! such as `-- seal` to run a subset). Inputs are seeded; sample counts are small and
@@ -16,7 +17,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use podvault::blob::{open_blob, BlobEncoder};
 use podvault::chunker::Chunker;
 use podvault::crypto::MasterKey;
-use podvault::index::MasterIndex;
+use podvault::index::{MasterIndex, Precision};
 use podvault::packer::Packer;
 use podvault_benches::dataset::{fill, Content};
 use podvault_benches::rng::FastRng;
@@ -183,8 +184,23 @@ fn index(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    g.bench_function("dedup_view_1M_entries", |b| {
+        b.iter_batched(
+            || file.clone(),
+            |f| {
+                let mut builder = MasterIndex::builder(Precision::Dedup);
+                builder.add(IndexId([1; 32]), f);
+                builder.finish()
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    let mut builder = MasterIndex::builder(Precision::Dedup);
+    builder.add(IndexId([1; 32]), file.clone());
+    let dedup = builder.finish();
     let master = MasterIndex::from_files(vec![(IndexId([1; 32]), file)]);
     assert_eq!(master.len(), N);
+    assert_eq!(dedup.len(), N);
     g.throughput(Throughput::Elements(1));
     let mut i = 0usize;
     g.bench_function("lookup_hit_1M_entries", |b| {
@@ -198,6 +214,20 @@ fn index(c: &mut Criterion) {
         b.iter(|| {
             j = (j + 1) % absent.len();
             master.lookup(black_box(&absent[j]))
+        })
+    });
+    let mut k = 0usize;
+    g.bench_function("dedup_live_pack_hit_1M_entries", |b| {
+        b.iter(|| {
+            k = (k + 1) % present.len();
+            dedup.live_pack(black_box(&present[k]))
+        })
+    });
+    let mut l = 0usize;
+    g.bench_function("dedup_live_pack_miss_1M_entries", |b| {
+        b.iter(|| {
+            l = (l + 1) % absent.len();
+            dedup.live_pack(black_box(&absent[l]))
         })
     });
     g.finish();

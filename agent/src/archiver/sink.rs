@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use podvault_proto::index::{IndexEntry, IndexFile, PackInfo};
 use podvault_proto::pack::{BlobType, PackHeader};
 use podvault_proto::{BlobId, PackId};
-use tokio::sync::Semaphore;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::backend::runtime;
@@ -17,8 +17,13 @@ use crate::error::{Error, Result};
 use crate::packer::{FinishedPack, Packer};
 use crate::repository::{pack_path, Repository};
 
-/// Uploads in flight at once (each holds one pack in memory).
-const MAX_UPLOADS: usize = 3;
+/// Uploads in flight at once to a local directory. A pack reaches a local disk in a few
+/// milliseconds, far faster than two cores fill the next one, so one is enough; each
+/// further slot would only hold another 16 MiB pack in memory.
+const MAX_UPLOADS_LOCAL: usize = 1;
+/// Uploads in flight at once to S3, where one request takes long enough that a second one
+/// keeps the link busy.
+const MAX_UPLOADS_REMOTE: usize = 2;
 /// Write an index object once this many packs are durable, so an interrupted backup's packs
 /// are found and reused by the next one.
 const PACKS_PER_INDEX: usize = 64;
@@ -48,10 +53,11 @@ impl PackSink {
             data: Mutex::new(Packer::new(BlobType::Data, target)),
             tree: Mutex::new(Packer::new(BlobType::Tree, target)),
             permits: Arc::new(Semaphore::new(
-                std::env::var("PODVAULT_EXPERIMENT_UPLOADS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(MAX_UPLOADS),
+                if repo.backend().location().starts_with("s3://") {
+                    MAX_UPLOADS_REMOTE
+                } else {
+                    MAX_UPLOADS_LOCAL
+                },
             )),
             uploads: Mutex::new(Vec::new()),
             durable: Arc::new(Mutex::new(Vec::new())),
@@ -71,26 +77,33 @@ impl PackSink {
 
     /// Adds a sealed blob; uploads the pack when it is full. Blocks while too many uploads
     /// are in flight (back-pressure that bounds memory).
+    ///
+    /// The upload slot is taken *before* the full pack is closed, with the packer still
+    /// locked: while uploads lag, other threads wait to add rather than start another pack
+    /// buffer, so at most the uploading packs plus one open pack per type are in memory.
     pub fn add(&self, ty: BlobType, id: BlobId, sealed: &[u8], raw_length: u32) -> Result<()> {
         self.check()?;
         self.stored
             .fetch_add(sealed.len() as u64, Ordering::Relaxed);
-        let full = {
-            let mut p = lock(self.packer(ty));
-            if p.add(id, sealed, raw_length) {
-                p.finish(self.repo.key())
-            } else {
-                None
-            }
-        };
-        if let Some(pack) = full {
-            self.upload(pack);
+        let mut packer = lock(self.packer(ty));
+        if packer.add(id, sealed, raw_length) {
+            let permit = runtime().block_on(self.permits.clone().acquire_owned());
+            let pack = packer.finish(self.repo.key());
+            drop(packer);
+            self.upload(pack, permit)?;
         }
         Ok(())
     }
 
-    fn upload(&self, pack: FinishedPack) {
-        let permit = runtime().block_on(self.permits.clone().acquire_owned());
+    /// Starts uploading `pack` (if any) in the slot `permit` (the semaphore is never
+    /// closed, but a pack is never dropped silently either).
+    fn upload(
+        &self,
+        pack: Option<FinishedPack>,
+        permit: std::result::Result<OwnedSemaphorePermit, AcquireError>,
+    ) -> Result<()> {
+        let Some(pack) = pack else { return Ok(()) };
+        let permit = permit.map_err(|e| Error::InvalidInput(format!("pack upload: {e}")))?;
         let backend = self.repo.backend().clone();
         let durable = self.durable.clone();
         let failure = self.failure.clone();
@@ -113,6 +126,7 @@ impl PackSink {
         let mut uploads = lock(&self.uploads);
         uploads.retain(|h| !h.is_finished());
         uploads.push(handle);
+        Ok(())
     }
 
     /// Fails if an upload has failed.
@@ -166,10 +180,14 @@ impl PackSink {
     /// After `Ok`, every blob added is durable and indexed.
     pub fn finish(&self) -> Result<()> {
         for ty in [BlobType::Data, BlobType::Tree] {
-            let pack = lock(self.packer(ty)).finish(self.repo.key());
-            if let Some(p) = pack {
-                self.upload(p);
+            let mut packer = lock(self.packer(ty));
+            if packer.is_empty() {
+                continue;
             }
+            let permit = runtime().block_on(self.permits.clone().acquire_owned());
+            let pack = packer.finish(self.repo.key());
+            drop(packer);
+            self.upload(pack, permit)?;
         }
         let handles = std::mem::take(&mut *lock(&self.uploads));
         for h in handles {

@@ -68,6 +68,12 @@ struct Frame {
     entries: std::vec::IntoIter<Listed>,
 }
 
+/// True when `path` (under `root`) matches an exclude glob; free when there are none.
+fn excluded(excludes: &Excludes, root: &Path, path: &Path) -> bool {
+    !(excludes.names.is_empty() && excludes.paths.is_empty())
+        && excludes.matches(path.strip_prefix(root).unwrap_or(path))
+}
+
 /// A directory entry as listed: its name and what `lstat` said about it.
 struct Listed {
     name: OsString,
@@ -188,9 +194,18 @@ impl<'a> Prefetch<'a> {
                 .map(|id| self.repo.load_tree(self.index, &id))
                 .transpose();
             let cost = listing.as_ref().map_or(0, Vec::len)
-                + tree.as_ref().ok().and_then(Option::as_ref).map_or(0, |t| t.nodes.len());
+                + tree
+                    .as_ref()
+                    .ok()
+                    .and_then(Option::as_ref)
+                    .map_or(0, |t| t.nodes.len());
             let mut s = self.lock();
-            self.push_children(&mut s, &todo, &listing, tree.as_ref().ok().and_then(Option::as_ref));
+            self.push_children(
+                &mut s,
+                &todo,
+                &listing,
+                tree.as_ref().ok().and_then(Option::as_ref),
+            );
             s.busy.remove(&todo.dir);
             s.ahead += cost;
             s.done.insert(
@@ -222,10 +237,7 @@ impl<'a> Prefetch<'a> {
                 continue;
             }
             let dir = todo.dir.join(&e.name);
-            if self
-                .excludes
-                .matches(dir.strip_prefix(&todo.root).unwrap_or(&dir))
-            {
+            if excluded(self.excludes, &todo.root, &dir) {
                 continue;
             }
             let subtree = tree
@@ -366,7 +378,9 @@ impl Walker<'_> {
                 }
             };
         } else {
-            let name = root.file_name().map_or(b"root".to_vec(), |n| n.as_bytes().to_vec());
+            let name = root
+                .file_name()
+                .map_or(b"root".to_vec(), |n| n.as_bytes().to_vec());
             let meta = std::fs::symlink_metadata(root);
             self.visit(prefetch, &mut stack, root.to_owned(), name, meta)?;
         }
@@ -374,11 +388,13 @@ impl Walker<'_> {
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(Error::Canceled);
             }
-            let top = stack.last_mut().expect("the base frame is never popped here");
+            let top = stack
+                .last_mut()
+                .expect("the base frame is never popped here");
             match top.entries.next() {
                 Some(entry) => {
                     let path = top.dir.join(&entry.name);
-                    if self.excludes.matches(path.strip_prefix(&top.root).unwrap_or(&path)) {
+                    if excluded(self.excludes, &top.root, &path) {
                         continue;
                     }
                     let name = entry.name.into_vec();

@@ -2,8 +2,8 @@
 //!
 //! Builds a repository whose index lists `--entries` blobs (default 10 million) spread over
 //! index objects of at most `--per-index` entries (default 100 000, like a long-lived
-//! repository's), in packs of 8–64 data blobs (3 % tree blobs in packs of 256), with seeded
-//! random ids. The packs themselves are not written: a backup reads only the index (every
+//! repository's), in packs of 8–64 data blobs (3 % of entries are tree blobs, in packs of
+//! 256), with seeded random ids. The packs themselves are not written: a backup reads only the index (every
 //! lookup of the new data misses, the worst case for the lookup structure). Then a real
 //! `podvault backup` of a generated dataset runs against it, and once against an empty
 //! repository for reference; each is a child process measured with `wait4` (wall, CPU, peak
@@ -101,8 +101,12 @@ fn main() -> Result<()> {
         .clone()
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("results"));
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let (cached, _) = Cached::ensure(Plan::new(dataset, args.scale, args.seed), &data_dir, threads)
-        .context("generating the dataset")?;
+    let (cached, _) = Cached::ensure(
+        Plan::new(dataset, args.scale, args.seed),
+        &data_dir,
+        threads,
+    )
+    .context("generating the dataset")?;
     eprintln!(
         "dataset {dataset} x{}: {} files, {:.1} MiB",
         args.scale,
@@ -209,7 +213,9 @@ fn write_index(repo: &Repository, entries: u64, per_index: u64, seed: u64) -> Re
         let mut file = IndexFile::default();
         let target = left.min(per_index);
         while (file.entries.len() as u64) < target {
-            let tree = sizes.below(100) < 3;
+            // About 3 % of all entries are tree blobs (one per directory; a directory
+            // holds a few dozen files): 0.43 % of packs, each holding 256 trees.
+            let tree = sizes.below(10_000) < 43;
             let (blob_type, blobs) = if tree {
                 (BlobType::Tree, 256)
             } else {
@@ -273,7 +279,7 @@ fn markdown(
     let mut md = format!(
         "## Backup against a repository with {} index entries\n\n\
          - {} index objects of ≤ {} entries ({:.0} MiB on disk); data packs of 8–64 blobs, \
-         3 % tree blobs; packs not written (a backup reads only the index)\n\
+         3 % of entries tree blobs; packs not written (a backup reads only the index)\n\
          - backed up: {} at scale {} ({} files, {:.1} MiB), seed {}; one run each\n\
          - peak RSS by `wait4`; the same backup into an empty repository for reference\n\n\
          | binary | repository | phase | wall s | CPU s | peak RSS MiB |\n\
