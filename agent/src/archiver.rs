@@ -5,9 +5,11 @@
 //! together about 1 GB/s on one core — and decides deduplication on the spot against the
 //! sorted index and the set of blobs queued in this session. Only new chunks travel on, over
 //! a bounded channel, to one worker per core that compresses (zstd, the expensive step) and
-//! seals them and appends them to the data packer. Full packs upload concurrently (bounded).
-//! Memory is bounded by the channel, the read block, open packs and in-flight uploads — not
-//! by input size. A large file is spread over all workers chunk by chunk.
+//! seals them and appends them to the data packer. Full packs upload beside the work (one at a
+//! time to a local directory, two to S3). Memory is bounded by the chunk bytes in flight
+//! (`InFlight`, a byte budget rather than a job count), the chunk being read, the open packs
+//! and the uploading ones — not by input size. A large file is spread over all workers chunk
+//! by chunk.
 //!
 //! ## Incremental
 //! Each directory is compared with the same directory in the parent snapshot. A file whose
@@ -195,20 +197,19 @@ pub fn backup(
         _ => None,
     };
 
-    let sink = PackSink::new(repo);
+    let sink = PackSink::new(repo)?;
     let threads = opts
         .threads
         .unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get()))
         .max(1);
     let scan_done = AtomicBool::new(false);
-    // Chunk bytes between walker and workers: enough for every worker (up to four) to hold a
-    // maximum-size chunk — low-entropy data such as zero runs yields nothing else, and a
-    // smaller budget would leave all but one worker idle — or two average chunks per worker
-    // (one being sealed, one waiting), whichever is more. Typical chunks use a fraction.
+    // Chunk bytes between walker and workers: two average chunks per worker (one being
+    // sealed, one waiting) keep every worker busy on typical data. A chunk larger than what
+    // is left waits for the pipeline to drain, so a run of maximum-size chunks (long
+    // low-entropy stretches, which mostly deduplicate anyway) is sealed one at a time rather
+    // than holding several 8 MiB buffers.
     let chunker = repo.config().chunker;
-    let in_flight = InFlight::new(
-        (chunker.max_size as usize * threads.min(4)).max(threads * 2 * chunker.avg_size as usize),
-    );
+    let in_flight = InFlight::new(threads * 2 * chunker.avg_size as usize);
     let (root, summary, used_packs) = thread::scope(|scope| -> Result<_> {
         scope.spawn(|| scan(&roots, &excludes, progress, &scan_done));
         // The byte budget bounds memory; the job count only needs to let many tiny files

@@ -2,10 +2,11 @@
 //!
 //! The engine sees a flat namespace of immutable objects (`config`, `keys/…`, `snapshots/…`,
 //! `index/…`, `data/xx/…`). Durability contract: when [`Backend::write`] returns `Ok`, the
-//! object is complete and visible under its final name (the fs service writes to a temporary
-//! file under `.tmp/` and renames it; an S3 PUT is atomic and the server checks the body
-//! against `Content-Length`), so a crash or a dropped connection never leaves a torn object
-//! under a real name that something refers to.
+//! object is complete, durable and visible under its final name (in a local directory it is
+//! written to a temporary file under `.tmp/`, flushed with `fsync`, renamed into place and
+//! its directory flushed; an S3 PUT is atomic and the server checks the body against
+//! `Content-Length`), so a crash, a power cut or a dropped connection never leaves a torn or
+//! lost object under a real name that something refers to.
 //!
 //! Failures: every request attempt has a deadline ([`BackendOptions::timeout`] for control
 //! requests such as HEAD, DELETE and list pages; [`BackendOptions::io_timeout`] for each body
@@ -30,14 +31,16 @@
 
 use std::fmt;
 use std::future::Future;
+use std::io::Write;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use opendal::layers::TimeoutLayer;
 use opendal::{services, Buffer, ErrorKind, Operator};
 use rand::Rng;
+use tempfile::NamedTempFile;
 
 use crate::error::{Error, Result};
 
@@ -250,6 +253,24 @@ impl fmt::Display for Location {
     }
 }
 
+/// Temporary files of a local repository, on its own file system so renames are atomic.
+const SPOOL_DIR: &str = ".tmp";
+
+/// Flushes `file`, renames it to `target` (creating its directory) and flushes that
+/// directory, so the object survives a crash or power cut once this returns.
+fn persist_durably(file: NamedTempFile, target: &Path) -> Result<()> {
+    file.as_file()
+        .sync_all()
+        .map_err(|e| Error::io(file.path(), e))?;
+    let dir = target.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    file.persist(target)
+        .map_err(|e| Error::io(target, e.error))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
 /// The engine-wide I/O runtime.
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -270,6 +291,8 @@ pub struct Backend {
     op: Operator,
     location: String,
     options: BackendOptions,
+    /// The directory of a local repository (writes bypass OpenDAL to control `fsync`).
+    fs_root: Option<PathBuf>,
 }
 
 impl fmt::Debug for Backend {
@@ -289,12 +312,14 @@ impl Backend {
             location: display.clone(),
             source: Box::new(source),
         };
+        let mut fs_root = None;
         let (op, options) = match location {
             Location::Fs(path) => {
                 let root = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
                 let builder = services::Fs::default()
                     .root(&root.to_string_lossy())
-                    .atomic_write_dir(&root.join(".tmp").to_string_lossy());
+                    .atomic_write_dir(&root.join(SPOOL_DIR).to_string_lossy());
+                fs_root = Some(root);
                 (
                     Operator::new(builder).map_err(build_err)?,
                     BackendOptions::default(),
@@ -335,7 +360,45 @@ impl Backend {
             op,
             location: display,
             options,
+            fs_root,
         })
+    }
+
+    /// Where packs being filled are spooled: inside a local repository (so a finished pack
+    /// is renamed into place, never copied), else the system's temporary directory
+    /// (`TMPDIR`), from which a finished pack is uploaded.
+    pub fn spool_dir(&self) -> Result<PathBuf> {
+        match &self.fs_root {
+            Some(root) => {
+                let dir = root.join(SPOOL_DIR);
+                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                Ok(dir)
+            }
+            None => Ok(std::env::temp_dir()),
+        }
+    }
+
+    /// Stores a spooled file as object `path`; durable and visible when this returns `Ok`.
+    pub fn write_file(&self, path: &str, file: NamedTempFile) -> Result<()> {
+        runtime().block_on(self.write_file_async(path, file))
+    }
+
+    /// Async form of [`Backend::write_file`].
+    pub async fn write_file_async(&self, path: &str, file: NamedTempFile) -> Result<()> {
+        match &self.fs_root {
+            Some(root) => {
+                let target = root.join(path);
+                tokio::task::spawn_blocking(move || persist_durably(file, &target))
+                    .await
+                    .map_err(|e| Error::InvalidInput(format!("writing {path}: {e}")))?
+            }
+            None => {
+                let data = tokio::fs::read(file.path())
+                    .await
+                    .map_err(|e| Error::io(file.path(), e))?;
+                self.write_async(path, data).await
+            }
+        }
     }
 
     /// Human-readable location, for messages.
@@ -437,6 +500,22 @@ impl Backend {
 
     /// Async form of [`Backend::write`], for uploads running beside CPU work.
     pub async fn write_async(&self, path: &str, data: Vec<u8>) -> Result<()> {
+        if let Some(root) = &self.fs_root {
+            let spool = root.join(SPOOL_DIR);
+            let target = root.join(path);
+            return tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(&spool).map_err(|e| Error::io(&spool, e))?;
+                let mut file = tempfile::Builder::new()
+                    .prefix("object-")
+                    .tempfile_in(&spool)
+                    .map_err(|e| Error::io(&spool, e))?;
+                file.write_all(&data)
+                    .map_err(|e| Error::io(file.path(), e))?;
+                persist_durably(file, &target)
+            })
+            .await
+            .map_err(|e| Error::InvalidInput(format!("writing {path}: {e}")))?;
+        }
         // One buffer shared by every attempt (clones are reference counted).
         let data = Buffer::from(data);
         self.retry("writing", path, || self.op.write(path, data.clone()))

@@ -25,7 +25,6 @@ fn aad(ty: BlobType, id: &BlobId) -> [u8; 33] {
 /// Per-thread compression state (reused across blobs to avoid reallocating contexts).
 pub struct BlobEncoder {
     compressor: Option<zstd::bulk::Compressor<'static>>,
-    scratch: Vec<u8>,
 }
 
 impl BlobEncoder {
@@ -36,27 +35,33 @@ impl BlobEncoder {
         } else {
             Some(zstd::bulk::Compressor::new(level)?)
         };
-        Ok(BlobEncoder {
-            compressor,
-            scratch: Vec::new(),
-        })
+        Ok(BlobEncoder { compressor })
     }
 
     /// Compresses (if that saves at least 1/32 of the size) and seals `data`.
+    ///
+    /// Compression writes straight into the sealed message's buffer, which is then
+    /// encrypted in place: one buffer per blob, no scratch kept between blobs.
     pub fn seal(&mut self, key: &MasterKey, ty: BlobType, id: &BlobId, data: &[u8]) -> Vec<u8> {
-        let mut compressed = false;
-        if let Some(c) = &mut self.compressor {
-            self.scratch.clear();
-            self.scratch
-                .reserve(zstd::zstd_safe::compress_bound(data.len()));
-            if let Ok(n) = c.compress_to_buffer(data, &mut self.scratch) {
-                compressed = n < data.len() - data.len() / 32;
+        let bound = match self.compressor {
+            Some(_) => zstd::zstd_safe::compress_bound(data.len()),
+            None => data.len(),
+        };
+        key.seal_with(&aad(ty, id), 1 + bound, |out| {
+            let start = out.len();
+            if let Some(c) = &mut self.compressor {
+                out.resize(start + 1 + bound, 0);
+                out[start] = CODEC_ZSTD;
+                match c.compress_to_buffer(data, &mut out[start + 1..]) {
+                    Ok(n) if n < data.len() - data.len() / 32 => {
+                        out.truncate(start + 1 + n);
+                        return;
+                    }
+                    _ => out.truncate(start),
+                }
             }
-        }
-        let payload: &[u8] = if compressed { &self.scratch } else { data };
-        key.seal_with(&aad(ty, id), payload.len() + 1, |out| {
-            out.push(if compressed { CODEC_ZSTD } else { CODEC_RAW });
-            out.extend_from_slice(payload);
+            out.push(CODEC_RAW);
+            out.extend_from_slice(data);
         })
     }
 }

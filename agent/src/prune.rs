@@ -392,16 +392,22 @@ fn repack(
     report: &mut PruneReport,
 ) -> Result<Vec<PackState>> {
     let target = repo.config().pack_target_size as usize;
+    let spool = repo.backend().spool_dir()?;
     let mut packers: HashMap<BlobType, Packer> = HashMap::new();
     let mut written = Vec::new();
     let mut upload = |pack: FinishedPack| -> Result<()> {
-        let FinishedPack { id, data, header } = pack;
+        let FinishedPack {
+            id,
+            file,
+            size,
+            header,
+        } = pack;
         let info = PackInfo {
             id,
-            size: data.len() as u32,
+            size: size as u32,
             blob_type: header.blob_type,
         };
-        repo.backend().write(&pack_path(&id), data)?;
+        repo.backend().write_file(&pack_path(&id), file)?;
         let blobs = header
             .blobs
             .iter()
@@ -442,16 +448,18 @@ fn repack(
                 }
             })?;
             report.bytes_repacked += sealed.len() as u64;
-            let packer = packers.entry(ty).or_insert_with(|| Packer::new(ty, target));
-            if packer.add(*blob, sealed, e.raw_length) {
-                if let Some(p) = packer.finish(repo.key()) {
+            let packer = packers
+                .entry(ty)
+                .or_insert_with(|| Packer::new(ty, target, &spool));
+            if packer.add(*blob, sealed, e.raw_length)? {
+                if let Some(p) = packer.finish(repo.key())? {
                     upload(p)?;
                 }
             }
         }
     }
     for (_, mut packer) in packers {
-        if let Some(p) = packer.finish(repo.key()) {
+        if let Some(p) = packer.finish(repo.key())? {
             upload(p)?;
         }
     }

@@ -40,7 +40,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::thread;
 
@@ -177,7 +177,6 @@ pub fn restore(
                     &includes,
                     opts.delete,
                     &mut plan,
-                    progress,
                     &mut vec![snapshot.tree],
                 )
             })
@@ -194,6 +193,12 @@ pub fn restore(
         plan.abandon();
         return Err(Error::Canceled);
     }
+    let threads = opts.threads.max(1);
+    create_files(&mut plan, threads, progress);
+    if cancel.load(Ordering::Relaxed) {
+        plan.abandon();
+        return Err(Error::Canceled);
+    }
 
     // Content: one job per pack.
     let mut by_pack: HashMap<PackId, Vec<(BlobId, BlobLocation)>> = HashMap::new();
@@ -204,7 +209,6 @@ pub fn restore(
     }
     let jobs = Mutex::new(by_pack.into_iter().collect::<Vec<_>>());
     let failures: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
-    let threads = opts.threads.max(1);
     thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
@@ -236,15 +240,27 @@ pub fn restore(
         tracing::error!("not restored: {message}");
         failed.push(message);
     };
-    for f in &plan.files {
+    let mut metadata = for_each_file(&plan.files, threads, |f| {
+        set_metadata(&f.path, &f.node, root, false)
+    })
+    .into_iter()
+    .peekable();
+    for (i, f) in plan.files.iter().enumerate() {
         if let Some(why) = &f.failed {
             let _ = fs::remove_file(&f.path);
             fail(format!("{}: {why}", f.path.display()));
             continue;
         }
-        if let Err(e) = set_metadata(&f.path, &f.node, root, false) {
-            fail(e.to_string());
-            continue;
+        match metadata.next_if(|(at, _)| *at == i) {
+            Some((_, Ok(()))) => {}
+            Some((_, Err(e))) => {
+                fail(e.to_string());
+                continue;
+            }
+            None => {
+                fail(format!("{}: metadata was not set", f.path.display()));
+                continue;
+            }
         }
         outcome.files += 1;
         outcome.bytes += f.node.size;
@@ -312,7 +328,6 @@ fn plan_tree(
     includes: &[Vec<Vec<u8>>],
     delete: bool,
     plan: &mut Plan,
-    progress: &Progress,
     ancestors: &mut Vec<TreeId>,
 ) -> Result<()> {
     if delete && includes.is_empty() {
@@ -398,7 +413,6 @@ fn plan_tree(
                             if selected { &inner } else { includes },
                             delete,
                             plan,
-                            progress,
                             ancestors,
                         );
                         ancestors.pop();
@@ -410,7 +424,7 @@ fn plan_tree(
                 }
             }
             _ if !selected => {}
-            NodeKind::File => plan_file(index, path, node, plan, progress),
+            NodeKind::File => plan_file(index, path, node, plan),
             _ => plan.deferred.push((path, node.clone())),
         }
         rel.pop();
@@ -420,13 +434,7 @@ fn plan_tree(
 
 /// Plans one file: creates it at its full (sparse) size and notes where its chunks go. A
 /// file that cannot be restored is recorded as failed and not created.
-fn plan_file(
-    index: &MasterIndex,
-    path: PathBuf,
-    node: &Node,
-    plan: &mut Plan,
-    progress: &Progress,
-) {
+fn plan_file(index: &MasterIndex, path: PathBuf, node: &Node, plan: &mut Plan) {
     let key = (node.device, node.inode);
     if node.links > 1 {
         if let Some(&first) = plan.first_link.get(&key) {
@@ -457,20 +465,13 @@ fn plan_file(
             node.size
         ));
     }
-    let mut created = false;
-    if failed.is_none() {
-        match create_file(&path, node.size) {
-            Ok(()) => created = true,
-            Err(e) => failed = Some(e.to_string()),
-        }
-    }
     let n = plan.files.len();
-    if created {
+    // The file itself is created later by `create_files`, in parallel; content is only
+    // written into files that step created.
+    if failed.is_none() {
         for (id, offset) in chunks {
             plan.placements.entry(id).or_default().push((n, offset));
         }
-        Progress::add(&progress.files_total, 1);
-        Progress::add(&progress.bytes_total, node.size);
     }
     if node.links > 1 {
         plan.first_link.insert(key, n);
@@ -479,8 +480,72 @@ fn plan_file(
         path,
         node: node.clone(),
         failed,
-        created,
+        created: false,
     });
+}
+
+/// Files handed to one thread at a time by [`for_each_file`].
+const FILE_BATCH: usize = 256;
+
+/// Runs `work` on every planned file not yet failed, on `threads` threads, and returns
+/// what it said about each (by index, in order). Creating a file or setting its metadata
+/// is a handful of system calls; for many small files these dominate a restore, and the
+/// kernel serializes them only within one directory.
+fn for_each_file<T: Send>(
+    files: &[PlannedFile],
+    threads: usize,
+    work: impl Fn(&PlannedFile) -> T + Sync,
+) -> Vec<(usize, T)> {
+    let next = AtomicUsize::new(0);
+    let mut done: Vec<(usize, T)> = thread::scope(|s| {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let start = next.fetch_add(FILE_BATCH, Ordering::Relaxed);
+                        if start >= files.len() {
+                            return out;
+                        }
+                        for (i, f) in files
+                            .iter()
+                            .enumerate()
+                            .skip(start)
+                            .take(FILE_BATCH)
+                            .filter(|(_, f)| f.failed.is_none())
+                        {
+                            out.push((i, work(f)));
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    done.sort_unstable_by_key(|(i, _)| *i);
+    done
+}
+
+/// Creates every planned file that can be restored (empty, of its final size); a file that
+/// cannot be created is marked failed and receives no content.
+fn create_files(plan: &mut Plan, threads: usize, progress: &Progress) {
+    let created = for_each_file(&plan.files, threads, |f| {
+        create_file(&f.path, f.node.size).map_err(|e| e.to_string())
+    });
+    for (i, r) in created {
+        let f = &mut plan.files[i];
+        match r {
+            Ok(()) => {
+                f.created = true;
+                Progress::add(&progress.files_total, 1);
+                Progress::add(&progress.bytes_total, f.node.size);
+            }
+            Err(e) => f.failed = Some(e),
+        }
+    }
 }
 
 /// Creates (or truncates) a regular file of `size` bytes, all a hole; never follows a
@@ -559,6 +624,9 @@ fn restore_pack(
             let zero = data.iter().all(|&b| b == 0);
             for &(file, offset) in plan.placements.get(id).into_iter().flatten() {
                 let f = &plan.files[file];
+                if !f.created {
+                    continue;
+                }
                 if !zero {
                     let r = OpenOptions::new()
                         .write(true)

@@ -66,11 +66,12 @@ impl Forge {
         )
         .expect("init");
         let encoder = BlobEncoder::new(repo.config().compression_level).expect("zstd");
+        let spool = repo.backend().spool_dir().expect("spool directory");
         Forge {
             repo,
             encoder,
-            data: Packer::new(BlobType::Data, 1 << 20),
-            trees: Packer::new(BlobType::Tree, 1 << 20),
+            data: Packer::new(BlobType::Data, 1 << 20, &spool),
+            trees: Packer::new(BlobType::Tree, 1 << 20, &spool),
             stored: HashSet::new(),
         }
     }
@@ -87,7 +88,9 @@ impl Forge {
             BlobType::Tree => &mut self.trees,
         };
         // Packs are closed in `snapshot`, whatever their size.
-        let _ = packer.add(id, &sealed, plaintext.len() as u32);
+        packer
+            .add(id, &sealed, plaintext.len() as u32)
+            .expect("spool pack");
     }
 
     fn chunk(&mut self, data: &[u8]) -> ChunkId {
@@ -133,13 +136,13 @@ impl Forge {
     fn snapshot_with(&mut self, root: TreeId, tweak: impl FnOnce(&mut IndexFile)) -> SnapshotId {
         let mut index = IndexFile::default();
         for packer in [&mut self.data, &mut self.trees] {
-            let Some(pack) = packer.finish(self.repo.key()) else {
+            let Some(pack) = packer.finish(self.repo.key()).expect("spool pack") else {
                 continue;
             };
             let n = index.packs.len() as u32;
             index.packs.push(PackInfo {
                 id: pack.id,
-                size: pack.data.len() as u32,
+                size: pack.size as u32,
                 blob_type: pack.header.blob_type,
             });
             index
@@ -153,7 +156,7 @@ impl Forge {
                 }));
             self.repo
                 .backend()
-                .write(&pack_path(&pack.id), pack.data)
+                .write_file(&pack_path(&pack.id), pack.file)
                 .expect("write pack");
         }
         index.sort();

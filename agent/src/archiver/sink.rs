@@ -17,12 +17,12 @@ use crate::error::{Error, Result};
 use crate::packer::{FinishedPack, Packer};
 use crate::repository::{pack_path, Repository};
 
-/// Uploads in flight at once to a local directory. A pack reaches a local disk in a few
-/// milliseconds, far faster than two cores fill the next one, so one is enough; each
-/// further slot would only hold another 16 MiB pack in memory.
-const MAX_UPLOADS_LOCAL: usize = 1;
+/// Packs being stored at once in a local directory: each is already a file in the
+/// repository's spool directory and only needs `fsync` and a rename, so two let one flush
+/// while the next is written, at no cost in memory.
+const MAX_UPLOADS_LOCAL: usize = 2;
 /// Uploads in flight at once to S3, where one request takes long enough that a second one
-/// keeps the link busy.
+/// keeps the link busy. Each reads its spooled pack into memory for the PUT.
 const MAX_UPLOADS_REMOTE: usize = 2;
 /// Write an index object once this many packs are durable, so an interrupted backup's packs
 /// are found and reused by the next one.
@@ -46,12 +46,13 @@ pub struct PackSink {
 
 impl PackSink {
     /// A sink writing into `repo`.
-    pub fn new(repo: &Repository) -> Self {
+    pub fn new(repo: &Repository) -> Result<Self> {
         let target = repo.config().pack_target_size as usize;
-        PackSink {
+        let spool = repo.backend().spool_dir()?;
+        Ok(PackSink {
             repo: repo.clone(),
-            data: Mutex::new(Packer::new(BlobType::Data, target)),
-            tree: Mutex::new(Packer::new(BlobType::Tree, target)),
+            data: Mutex::new(Packer::new(BlobType::Data, target, &spool)),
+            tree: Mutex::new(Packer::new(BlobType::Tree, target, &spool)),
             permits: Arc::new(Semaphore::new(
                 if repo.backend().location().starts_with("s3://") {
                     MAX_UPLOADS_REMOTE
@@ -65,7 +66,7 @@ impl PackSink {
             failure: Arc::new(Mutex::new(None)),
             stored: AtomicU64::new(0),
             packs: AtomicU64::new(0),
-        }
+        })
     }
 
     fn packer(&self, ty: BlobType) -> &Mutex<Packer> {
@@ -79,16 +80,17 @@ impl PackSink {
     /// are in flight (back-pressure that bounds memory).
     ///
     /// The upload slot is taken *before* the full pack is closed, with the packer still
-    /// locked: while uploads lag, other threads wait to add rather than start another pack
-    /// buffer, so at most the uploading packs plus one open pack per type are in memory.
+    /// locked: while uploads lag, other threads wait to add rather than start another pack,
+    /// so at most the uploading packs plus one open pack per type exist (on disk; an S3
+    /// upload reads its pack into memory).
     pub fn add(&self, ty: BlobType, id: BlobId, sealed: &[u8], raw_length: u32) -> Result<()> {
         self.check()?;
         self.stored
             .fetch_add(sealed.len() as u64, Ordering::Relaxed);
         let mut packer = lock(self.packer(ty));
-        if packer.add(id, sealed, raw_length) {
+        if packer.add(id, sealed, raw_length)? {
             let permit = runtime().block_on(self.permits.clone().acquire_owned());
-            let pack = packer.finish(self.repo.key());
+            let pack = packer.finish(self.repo.key())?;
             drop(packer);
             self.upload(pack, permit)?;
         }
@@ -110,13 +112,18 @@ impl PackSink {
         self.packs.fetch_add(1, Ordering::Relaxed);
         let handle = runtime().spawn(async move {
             let _permit = permit;
-            let FinishedPack { id, data, header } = pack;
+            let FinishedPack {
+                id,
+                file,
+                size,
+                header,
+            } = pack;
             let info = PackInfo {
                 id,
-                size: data.len() as u32,
+                size: size as u32,
                 blob_type: header.blob_type,
             };
-            match backend.write_async(&pack_path(&id), data).await {
+            match backend.write_file_async(&pack_path(&id), file).await {
                 Ok(()) => lock(&durable).push((info, header)),
                 Err(e) => {
                     lock(&failure).get_or_insert(e);
@@ -185,7 +192,7 @@ impl PackSink {
                 continue;
             }
             let permit = runtime().block_on(self.permits.clone().acquire_owned());
-            let pack = packer.finish(self.repo.key());
+            let pack = packer.finish(self.repo.key())?;
             drop(packer);
             self.upload(pack, permit)?;
         }
