@@ -256,6 +256,13 @@ impl fmt::Display for Location {
 /// Temporary files of a local repository, on its own file system so renames are atomic.
 const SPOOL_DIR: &str = ".tmp";
 
+/// The spool directory of the local repository at `root`, created if missing.
+fn local_spool(root: &Path) -> Result<PathBuf> {
+    let dir = root.join(SPOOL_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    Ok(dir)
+}
+
 /// Flushes `file`, renames it to `target` (creating its directory) and flushes that
 /// directory, so the object survives a crash or power cut once this returns.
 fn persist_durably(file: NamedTempFile, target: &Path) -> Result<()> {
@@ -316,9 +323,8 @@ impl Backend {
         let (op, options) = match location {
             Location::Fs(path) => {
                 let root = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
-                let builder = services::Fs::default()
-                    .root(&root.to_string_lossy())
-                    .atomic_write_dir(&root.join(SPOOL_DIR).to_string_lossy());
+                // Reads, listing and deletion only: writes go through `persist_durably`.
+                let builder = services::Fs::default().root(&root.to_string_lossy());
                 fs_root = Some(root);
                 (
                     Operator::new(builder).map_err(build_err)?,
@@ -369,11 +375,7 @@ impl Backend {
     /// (`TMPDIR`), from which a finished pack is uploaded.
     pub fn spool_dir(&self) -> Result<PathBuf> {
         match &self.fs_root {
-            Some(root) => {
-                let dir = root.join(SPOOL_DIR);
-                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-                Ok(dir)
-            }
+            Some(root) => local_spool(root),
             None => Ok(std::env::temp_dir()),
         }
     }
@@ -501,10 +503,10 @@ impl Backend {
     /// Async form of [`Backend::write`], for uploads running beside CPU work.
     pub async fn write_async(&self, path: &str, data: Vec<u8>) -> Result<()> {
         if let Some(root) = &self.fs_root {
-            let spool = root.join(SPOOL_DIR);
+            let root = root.clone();
             let target = root.join(path);
             return tokio::task::spawn_blocking(move || {
-                std::fs::create_dir_all(&spool).map_err(|e| Error::io(&spool, e))?;
+                let spool = local_spool(&root)?;
                 let mut file = tempfile::Builder::new()
                     .prefix("object-")
                     .tempfile_in(&spool)

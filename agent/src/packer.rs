@@ -14,6 +14,7 @@
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use podvault_proto::index::PackInfo;
 use podvault_proto::pack::{trailer, BlobType, PackHeader, PackedBlob};
 use podvault_proto::{BlobId, ObjectKind, PackId, Record};
 use tempfile::NamedTempFile;
@@ -35,6 +36,17 @@ pub struct FinishedPack {
     pub size: u64,
     /// Its header (what the index will list).
     pub header: PackHeader,
+}
+
+impl FinishedPack {
+    /// What the index lists about this pack.
+    pub fn info(&self) -> PackInfo {
+        PackInfo {
+            id: self.id,
+            size: self.size as u32,
+            blob_type: self.header.blob_type,
+        }
+    }
 }
 
 /// The pack being filled.

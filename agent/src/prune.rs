@@ -396,19 +396,10 @@ fn repack(
     let mut packers: HashMap<BlobType, Packer> = HashMap::new();
     let mut written = Vec::new();
     let mut upload = |pack: FinishedPack| -> Result<()> {
-        let FinishedPack {
-            id,
-            file,
-            size,
-            header,
-        } = pack;
-        let info = PackInfo {
-            id,
-            size: size as u32,
-            blob_type: header.blob_type,
-        };
-        repo.backend().write_file(&pack_path(&id), file)?;
-        let blobs = header
+        let info = pack.info();
+        repo.backend().write_file(&pack_path(&pack.id), pack.file)?;
+        let blobs = pack
+            .header
             .blobs
             .iter()
             .map(|b| {

@@ -240,27 +240,18 @@ pub fn restore(
         tracing::error!("not restored: {message}");
         failed.push(message);
     };
-    let mut metadata = for_each_file(&plan.files, threads, |f| {
+    let metadata = for_each_file(&plan.files, threads, |f| {
         set_metadata(&f.path, &f.node, root, false)
-    })
-    .into_iter()
-    .peekable();
-    for (i, f) in plan.files.iter().enumerate() {
+    });
+    for (f, set) in plan.files.iter().zip(metadata) {
         if let Some(why) = &f.failed {
             let _ = fs::remove_file(&f.path);
             fail(format!("{}: {why}", f.path.display()));
             continue;
         }
-        match metadata.next_if(|(at, _)| *at == i) {
-            Some((_, Ok(()))) => {}
-            Some((_, Err(e))) => {
-                fail(e.to_string());
-                continue;
-            }
-            None => {
-                fail(format!("{}: metadata was not set", f.path.display()));
-                continue;
-            }
+        if let Some(Err(e)) = set {
+            fail(e.to_string());
+            continue;
         }
         outcome.files += 1;
         outcome.bytes += f.node.size;
@@ -488,16 +479,16 @@ fn plan_file(index: &MasterIndex, path: PathBuf, node: &Node, plan: &mut Plan) {
 const FILE_BATCH: usize = 256;
 
 /// Runs `work` on every planned file not yet failed, on `threads` threads, and returns
-/// what it said about each (by index, in order). Creating a file or setting its metadata
+/// what it said about each, beside the file (`None` for files already failed). Creating a file or setting its metadata
 /// is a handful of system calls; for many small files these dominate a restore, and the
 /// kernel serializes them only within one directory.
 fn for_each_file<T: Send>(
     files: &[PlannedFile],
     threads: usize,
     work: impl Fn(&PlannedFile) -> T + Sync,
-) -> Vec<(usize, T)> {
+) -> Vec<Option<T>> {
     let next = AtomicUsize::new(0);
-    let mut done: Vec<(usize, T)> = thread::scope(|s| {
+    let done: Vec<(usize, T)> = thread::scope(|s| {
         let workers: Vec<_> = (0..threads.max(1))
             .map(|_| {
                 s.spawn(|| {
@@ -525,8 +516,11 @@ fn for_each_file<T: Send>(
             .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
-    done.sort_unstable_by_key(|(i, _)| *i);
-    done
+    let mut by_file: Vec<Option<T>> = files.iter().map(|_| None).collect();
+    for (i, r) in done {
+        by_file[i] = Some(r);
+    }
+    by_file
 }
 
 /// Creates every planned file that can be restored (empty, of its final size); a file that
@@ -535,15 +529,15 @@ fn create_files(plan: &mut Plan, threads: usize, progress: &Progress) {
     let created = for_each_file(&plan.files, threads, |f| {
         create_file(&f.path, f.node.size).map_err(|e| e.to_string())
     });
-    for (i, r) in created {
-        let f = &mut plan.files[i];
+    for (f, r) in plan.files.iter_mut().zip(created) {
         match r {
-            Ok(()) => {
+            None => {}
+            Some(Ok(())) => {
                 f.created = true;
                 Progress::add(&progress.files_total, 1);
                 Progress::add(&progress.bytes_total, f.node.size);
             }
-            Err(e) => f.failed = Some(e),
+            Some(Err(e)) => f.failed = Some(e),
         }
     }
 }

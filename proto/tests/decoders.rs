@@ -9,10 +9,6 @@
 //! largest single request made while a decoder runs.
 //!
 //! Case counts are kept small so the suite runs in seconds (CI runs it on every change).
-#![allow(unsafe_code)] // the allocation probe implements `GlobalAlloc`, an unsafe trait
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 
 use podvault_proto::config::{ChunkerParams, Config};
 use podvault_proto::index::{IndexEntry, IndexFile, PackInfo, PendingPack};
@@ -24,47 +20,9 @@ use podvault_proto::tree::{Node, NodeKind, Tree};
 use podvault_proto::{BlobId, ChunkId, DecodeError, IndexId, PackId, Record, SnapshotId, TreeId};
 use proptest::prelude::*;
 
-// ---- allocation probe ----
-
-struct Probe;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the probe only reads
-// the requested size into a thread-local `Cell` (which never allocates).
-unsafe impl GlobalAlloc for Probe {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static PROBE: Probe = Probe;
+#[path = "../../tests/shared/alloc_probe.rs"]
+mod alloc_probe;
+use alloc_probe::probed;
 
 /// Largest single allocation a decoder may make for `input` bytes: serde preallocates at
 /// most 1 MiB per sequence whatever the length prefix says; beyond that, memory must follow
@@ -75,16 +33,8 @@ fn allowance(input: usize) -> usize {
 
 /// Decodes `bytes` as `R`, failing the property on a panic or an absurd allocation.
 fn decode_checked<R: Record>(bytes: &[u8]) -> Result<Result<R, DecodeError>, TestCaseError> {
-    LARGEST.with(|l| l.set(0));
-    let result = std::panic::catch_unwind(|| R::decode(bytes));
-    let largest = LARGEST.with(|l| l.get());
-    let result = result.map_err(|_| {
-        TestCaseError::fail(format!(
-            "{} decoder panicked on {} bytes",
-            R::NAME,
-            bytes.len()
-        ))
-    })?;
+    let what = format!("{} decoder on {} bytes", R::NAME, bytes.len());
+    let (result, largest) = probed(&what, || R::decode(bytes))?;
     prop_assert!(
         largest <= allowance(bytes.len()),
         "{} decoder allocated {largest} bytes at once for {} input bytes",
@@ -551,8 +501,10 @@ fn key_files_with_absurd_kdf_costs_are_refused() {
 /// The probe sees allocations made inside a decode call (else the checks above prove nothing).
 #[test]
 fn the_allocation_probe_works() {
-    LARGEST.with(|l| l.set(0));
-    drop(std::hint::black_box(Vec::<u8>::with_capacity(8 << 20)));
-    assert!(LARGEST.with(|l| l.get()) >= 8 << 20);
+    let ((), largest) = probed("allocating", || {
+        drop(std::hint::black_box(Vec::<u8>::with_capacity(8 << 20)))
+    })
+    .unwrap();
+    assert!(largest >= 8 << 20);
     assert!(allowance(0) < 8 << 20);
 }

@@ -114,7 +114,12 @@ impl Repo {
 
     /// `init` with a cheap KDF (tests open the repository many times).
     pub fn init(&self) {
-        self.ok(&["init", "--kdf-memory-kib", "1024", "--kdf-iterations", "1"]);
+        self.init_with(&[]);
+    }
+
+    /// `init` with a cheap KDF and further options (e.g. [`SMALL_PACKS`]).
+    pub fn init_with(&self, extra: &[&str]) {
+        self.ok(&init_args(extra));
     }
 
     /// `backup --json`; returns the parsed output.
@@ -123,6 +128,20 @@ impl Repo {
         a.extend_from_slice(args);
         serde_json::from_str(self.ok(&a).trim()).expect("backup JSON")
     }
+}
+
+/// Argon2id options for a cheap key: tests open their repositories many times.
+pub const CHEAP_KDF: [&str; 4] = ["--kdf-memory-kib", "1024", "--kdf-iterations", "1"];
+
+/// `init` options for many packs from little data: 1 MiB packs, 64 KiB average chunks.
+pub const SMALL_PACKS: [&str; 4] = ["--pack-size-mib", "1", "--chunk-avg-kib", "64"];
+
+/// The arguments of `init` with a cheap KDF followed by `extra`.
+pub fn init_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["init"];
+    args.extend(CHEAP_KDF);
+    args.extend_from_slice(extra);
+    args
 }
 
 /// Writes seeded pseudo-random bytes; `compressible` makes text-like data.

@@ -4,7 +4,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use podvault_tests::{fill, generate_tree, podvault_bin, Repo};
+use podvault_tests::{fill, generate_tree, init_args, podvault_bin, Repo};
 use rand::{Rng, SeedableRng};
 
 fn stderr(out: &std::process::Output) -> String {
@@ -73,15 +73,7 @@ fn a_damaged_pack_fails_the_affected_files_only_and_never_writes_wrong_bytes() {
     let src = work.path().join("src");
     generate_tree(&src, 3, 24 << 20);
     // Small packs, so damage to one pack leaves others intact.
-    repo.ok(&[
-        "init",
-        "--kdf-memory-kib",
-        "1024",
-        "--kdf-iterations",
-        "1",
-        "--pack-size-mib",
-        "1",
-    ]);
+    repo.init_with(&["--pack-size-mib", "1"]);
     repo.backup_json(&[src.to_str().unwrap()]);
 
     let pack = largest_file(&repo_dir.join("data"));
@@ -114,8 +106,8 @@ fn a_damaged_pack_fails_the_affected_files_only_and_never_writes_wrong_bytes() {
     assert!(restored > 250, "unaffected files are restored ({restored})");
 }
 
-#[test]
-fn a_damaged_index_or_snapshot_is_named() {
+/// A local repository (in `work/repo`) holding one snapshot of `work/src`, a one-file tree.
+fn one_snapshot() -> (tempfile::TempDir, PathBuf, Repo, PathBuf) {
     let work = tempfile::tempdir().unwrap();
     let repo_dir = work.path().join("repo");
     let repo = Repo::fs(&repo_dir);
@@ -124,6 +116,12 @@ fn a_damaged_index_or_snapshot_is_named() {
     fs::write(src.join("f"), b"data").unwrap();
     repo.init();
     repo.backup_json(&[src.to_str().unwrap()]);
+    (work, repo_dir, repo, src)
+}
+
+#[test]
+fn a_damaged_index_or_snapshot_is_named() {
+    let (work, repo_dir, repo, _) = one_snapshot();
     for dir in ["index", "snapshots"] {
         let victim = fs::read_dir(repo_dir.join(dir))
             .unwrap()
@@ -215,14 +213,7 @@ fn nix_is_root() -> bool {
 
 #[test]
 fn all_key_files_removed_is_named() {
-    let work = tempfile::tempdir().unwrap();
-    let repo_dir = work.path().join("repo");
-    let repo = Repo::fs(&repo_dir);
-    let src = work.path().join("src");
-    fs::create_dir(&src).unwrap();
-    fs::write(src.join("f"), b"data").unwrap();
-    repo.init();
-    repo.backup_json(&[src.to_str().unwrap()]);
+    let (_work, repo_dir, repo, src) = one_snapshot();
     for k in fs::read_dir(repo_dir.join("keys")).unwrap() {
         fs::remove_file(k.unwrap().path()).unwrap();
     }
@@ -242,14 +233,7 @@ fn all_key_files_removed_is_named() {
 
 #[test]
 fn repository_config_missing_is_named() {
-    let work = tempfile::tempdir().unwrap();
-    let repo_dir = work.path().join("repo");
-    let repo = Repo::fs(&repo_dir);
-    let src = work.path().join("src");
-    fs::create_dir(&src).unwrap();
-    fs::write(src.join("f"), b"data").unwrap();
-    repo.init();
-    repo.backup_json(&[src.to_str().unwrap()]);
+    let (work, repo_dir, repo, src) = one_snapshot();
     fs::remove_file(repo_dir.join("config")).unwrap();
     let target = work.path().join("out");
     for args in [
@@ -273,16 +257,9 @@ fn repository_config_missing_is_named() {
 /// the old keys and snapshots (the old data would no longer open).
 #[test]
 fn init_refuses_a_location_that_still_holds_keys_or_snapshots() {
-    let work = tempfile::tempdir().unwrap();
-    let repo_dir = work.path().join("repo");
-    let repo = Repo::fs(&repo_dir);
-    let src = work.path().join("src");
-    fs::create_dir(&src).unwrap();
-    fs::write(src.join("f"), b"data").unwrap();
-    repo.init();
-    repo.backup_json(&[src.to_str().unwrap()]);
+    let (_work, repo_dir, repo, _) = one_snapshot();
     fs::remove_file(repo_dir.join("config")).unwrap();
-    let out = repo.run(&["init", "--kdf-memory-kib", "1024", "--kdf-iterations", "1"]);
+    let out = repo.run(&init_args(&[]));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(fs::read_dir(repo_dir.join("keys")).unwrap().count(), 1);
 }
@@ -302,7 +279,7 @@ fn s3_bucket_missing_is_named() {
     };
     let work = tempfile::tempdir().unwrap();
     fs::write(work.path().join("f"), b"data").unwrap();
-    let out = repo.run(&["init", "--kdf-memory-kib", "1024", "--kdf-iterations", "1"]);
+    let out = repo.run(&init_args(&[]));
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(

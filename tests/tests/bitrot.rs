@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use podvault_tests::{generate_tree, read_tree, Repo};
+use podvault_tests::{generate_tree, read_tree, Repo, CHEAP_KDF, SMALL_PACKS};
 use rand::{Rng, SeedableRng};
 
 #[derive(Debug, Clone, Copy)]
@@ -63,17 +63,7 @@ fn every_flip_and_truncation_is_detected_and_no_wrong_byte_is_restored() {
     let work = tempfile::tempdir().unwrap();
     let pristine = work.path().join("pristine");
     let repo = Repo::fs(&pristine);
-    repo.ok(&[
-        "init",
-        "--kdf-memory-kib",
-        "1024",
-        "--kdf-iterations",
-        "1",
-        "--pack-size-mib",
-        "1",
-        "--chunk-avg-kib",
-        "64",
-    ]);
+    repo.init_with(&SMALL_PACKS);
     let src = work.path().join("src");
     generate_tree(&src, 11, 3 << 20);
     let snap = repo.backup_json(&[src.to_str().unwrap()])["snapshot"]
@@ -83,16 +73,9 @@ fn every_flip_and_truncation_is_detected_and_no_wrong_byte_is_restored() {
     // A second key, so a damaged key file is not the one that opens the repository.
     let pw2 = work.path().join("pw2");
     fs::write(&pw2, "second").unwrap();
-    repo.ok(&[
-        "key",
-        "add",
-        "--new-password-file",
-        pw2.to_str().unwrap(),
-        "--kdf-memory-kib",
-        "1024",
-        "--kdf-iterations",
-        "1",
-    ]);
+    let mut add = vec!["key", "add", "--new-password-file", pw2.to_str().unwrap()];
+    add.extend(CHEAP_KDF);
+    repo.ok(&add);
     repo.ok(&["check", "--read-data"]);
     let source = read_tree(&src);
     let current_key = {

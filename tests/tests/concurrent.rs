@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use podvault_tests::{fill, read_tree, Entry, Repo};
+use podvault_tests::{fill, read_tree, Entry, Repo, SMALL_PACKS};
 use rand::{Rng, SeedableRng};
 
 const WRITERS: usize = 4;
@@ -46,17 +46,7 @@ fn write_source(dir: &Path, writer: usize, round: usize) {
 }
 
 fn run(repo: &Repo, work: &Path) -> (usize, usize, usize) {
-    repo.ok(&[
-        "init",
-        "--kdf-memory-kib",
-        "1024",
-        "--kdf-iterations",
-        "1",
-        "--pack-size-mib",
-        "1",
-        "--chunk-avg-kib",
-        "64",
-    ]);
+    repo.init_with(&SMALL_PACKS);
     let expected: Expected = Mutex::new(BTreeMap::new());
     let done = AtomicBool::new(false);
     let refused = AtomicUsize::new(0);

@@ -31,7 +31,7 @@ use podvault::packer::Packer;
 use podvault::progress::Progress;
 use podvault::repository::{pack_path, InitOptions, Repository};
 use podvault::restorer::{restore, RestoreOptions};
-use podvault_proto::index::{IndexEntry, IndexFile, PackInfo};
+use podvault_proto::index::{IndexEntry, IndexFile};
 use podvault_proto::pack::BlobType;
 use podvault_proto::snapshot::{Snapshot, Summary};
 use podvault_proto::tree::{Node, NodeKind, Tree};
@@ -140,11 +140,7 @@ impl Forge {
                 continue;
             };
             let n = index.packs.len() as u32;
-            index.packs.push(PackInfo {
-                id: pack.id,
-                size: pack.size as u32,
-                blob_type: pack.header.blob_type,
-            });
+            index.packs.push(pack.info());
             index
                 .entries
                 .extend(pack.header.blobs.iter().map(|b| IndexEntry {

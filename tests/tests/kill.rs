@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Instant;
 
-use podvault_tests::{fill, read_tree, Entry, Repo};
+use podvault_tests::{fill, read_tree, Entry, Repo, SMALL_PACKS};
 use rand::{RngCore, SeedableRng};
 
 /// Files in the source, and how many change per round (1 MiB each, incompressible).
@@ -69,17 +69,7 @@ fn backups_killed_at_many_points_leave_a_sound_repository_and_resume() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("repo");
     let repo = Repo::fs(&dir);
-    repo.ok(&[
-        "init",
-        "--kdf-memory-kib",
-        "1024",
-        "--kdf-iterations",
-        "1",
-        "--pack-size-mib",
-        "1",
-        "--chunk-avg-kib",
-        "64",
-    ]);
+    repo.init_with(&SMALL_PACKS);
     let src = work.path().join("src");
     fs::create_dir_all(src.join("small")).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x6b11);

@@ -4,22 +4,12 @@
 use std::fs;
 use std::path::Path;
 
-use podvault_tests::{fill, generate_tree, read_tree, Repo};
+use podvault_tests::{fill, generate_tree, read_tree, Repo, CHEAP_KDF, SMALL_PACKS};
 use rand::SeedableRng;
 
 fn small_repo(dir: &Path) -> Repo {
     let repo = Repo::fs(dir);
-    repo.ok(&[
-        "init",
-        "--kdf-memory-kib",
-        "1024",
-        "--kdf-iterations",
-        "1",
-        "--pack-size-mib",
-        "1",
-        "--chunk-avg-kib",
-        "64",
-    ]);
+    repo.init_with(&SMALL_PACKS);
     repo
 }
 
@@ -46,7 +36,6 @@ fn keys_can_be_added_listed_changed_and_removed_but_never_the_last() {
     generate_tree(&src, 3, 1 << 20);
     repo.backup_json(&[src.to_str().unwrap()]);
     let data_before = files(&work.path().join("repo/data"));
-    let cheap = ["--kdf-memory-kib", "1024", "--kdf-iterations", "1"];
 
     // The only key cannot go.
     let keys = json(&repo.ok(&["key", "list", "--json"]));
@@ -59,7 +48,7 @@ fn keys_can_be_added_listed_changed_and_removed_but_never_the_last() {
     let pw = work.path().join("pw");
     fs::write(&pw, "second password\n").unwrap();
     let mut add = vec!["key", "add", "--new-password-file", pw.to_str().unwrap()];
-    add.extend(cheap);
+    add.extend(CHEAP_KDF);
     repo.ok(&add);
     let second = Repo {
         password: "second password".into(),
@@ -82,7 +71,7 @@ fn keys_can_be_added_listed_changed_and_removed_but_never_the_last() {
     // Change the password: the old one stops working, the new one opens, data untouched.
     fs::write(&pw, "third").unwrap();
     let mut passwd = vec!["key", "passwd", "--new-password-file", pw.to_str().unwrap()];
-    passwd.extend(cheap);
+    passwd.extend(CHEAP_KDF);
     second.ok(&passwd);
     assert!(!second.run(&["snapshots"]).status.success());
     let third = Repo {

@@ -21,7 +21,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use podvault_tests::proxy::{FaultConfig, FaultKind, FaultProxy};
-use podvault_tests::{assert_same_tree, fill, generate_tree, Repo};
+use podvault_tests::{assert_same_tree, fill, generate_tree, init_args, Repo};
 use rand::SeedableRng;
 
 /// A child still running after this is killed and the test fails: it hung.
@@ -273,17 +273,7 @@ fn operations_under_s3_faults_succeed_intact_or_fail_clearly() {
     for _ in 0..3 {
         let out = run_bounded(
             &faulty,
-            &[
-                "init",
-                "--kdf-memory-kib",
-                "1024",
-                "--kdf-iterations",
-                "1",
-                "--pack-size-mib",
-                "1",
-                "--chunk-avg-kib",
-                "256",
-            ],
+            &init_args(&["--pack-size-mib", "1", "--chunk-avg-kib", "256"]),
         );
         // A lost response can hide an init that did complete; the retry then finds it.
         if tally.note("init", &out, &endpoint)

@@ -112,19 +112,12 @@ impl PackSink {
         self.packs.fetch_add(1, Ordering::Relaxed);
         let handle = runtime().spawn(async move {
             let _permit = permit;
-            let FinishedPack {
-                id,
-                file,
-                size,
-                header,
-            } = pack;
-            let info = PackInfo {
-                id,
-                size: size as u32,
-                blob_type: header.blob_type,
-            };
-            match backend.write_file_async(&pack_path(&id), file).await {
-                Ok(()) => lock(&durable).push((info, header)),
+            let info = pack.info();
+            match backend
+                .write_file_async(&pack_path(&pack.id), pack.file)
+                .await
+            {
+                Ok(()) => lock(&durable).push((info, pack.header)),
                 Err(e) => {
                     lock(&failure).get_or_insert(e);
                 }
