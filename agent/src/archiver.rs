@@ -47,6 +47,7 @@ use podvault_proto::{BlobId, SnapshotId};
 use crate::blob::BlobEncoder;
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
+use crate::fsat;
 use crate::progress::Progress;
 use crate::prune;
 use crate::repository::{hostname, Repository};
@@ -211,7 +212,7 @@ pub fn backup(
     let chunker = repo.config().chunker;
     let in_flight = InFlight::new(threads * 2 * chunker.avg_size as usize);
     let (root, summary, used_packs) = thread::scope(|scope| -> Result<_> {
-        scope.spawn(|| scan(&roots, &excludes, progress, &scan_done));
+        scope.spawn(|| scan(&roots, &excludes, false, progress, &scan_done));
         // The byte budget bounds memory; the job count only needs to let many tiny files
         // queue up without the walker and the workers waking each other per file.
         let (tx, rx) = bounded::<Job>(threads * 64);
@@ -245,6 +246,7 @@ pub fn backup(
                 .map_err(|e| Error::InvalidInput(format!("zstd: {e}")))?,
             used_packs: HashSet::new(),
             in_flight: &in_flight,
+            one_file_system: false,
         };
         let walked = walker.walk_roots(&roots, parent_tree);
         // Closing the channel lets the workers drain and exit, whatever happened.
@@ -379,21 +381,77 @@ impl Excludes {
 }
 
 /// Counts files and bytes ahead of the backup so progress can show totals and an ETA.
-/// Stops early when the backup finishes first.
-fn scan(roots: &[PathBuf], excludes: &Excludes, progress: &Progress, done: &AtomicBool) {
+/// Stops early when the backup finishes first. Walks like the backup does (relative to open
+/// directories, never following a symlink, on one file system if asked), one descriptor
+/// per directory level.
+fn scan(
+    roots: &[PathBuf],
+    excludes: &Excludes,
+    one_file_system: bool,
+    progress: &Progress,
+    done: &AtomicBool,
+) {
+    use std::os::fd::AsFd;
+    fsat::raise_fd_limit();
     for root in roots {
-        let walk = walkdir::WalkDir::new(root).follow_links(false).into_iter();
-        let kept = walk.filter_entry(|e| {
-            e.depth() == 0 || !excludes.matches(e.path().strip_prefix(root).unwrap_or(e.path()))
-        });
-        for e in kept.flatten() {
+        let Ok(meta) = std::fs::symlink_metadata(root) else {
+            continue;
+        };
+        if meta.is_file() {
+            Progress::add(&progress.files_total, 1);
+            Progress::add(&progress.bytes_total, meta.len());
+        }
+        let Ok(fd) = fsat::open_root(root) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        let dev = std::os::unix::fs::MetadataExt::dev(&meta);
+        // Each level: its descriptor, its path relative to the root, its subdirectories
+        // left to visit.
+        let mut stack = vec![(
+            fd,
+            PathBuf::new(),
+            Vec::<(Vec<u8>, fsat::Meta)>::new(),
+            true,
+        )];
+        while let Some((fd, rel, pending, fresh)) = stack.last_mut() {
             if done.load(Ordering::Relaxed) {
                 return;
             }
-            if let Ok(m) = e.metadata() {
-                if m.is_file() {
-                    Progress::add(&progress.files_total, 1);
-                    Progress::add(&progress.bytes_total, m.len());
+            if std::mem::take(fresh) {
+                for name in fsat::read_names(fd.as_fd()).unwrap_or_default() {
+                    let Ok(m) = fsat::stat_at(fd.as_fd(), &name) else {
+                        continue;
+                    };
+                    if one_file_system && m.dev != dev {
+                        continue;
+                    }
+                    let p = rel.join(fsat::os(&name));
+                    if excludes.matches(&p)
+                        && !(excludes.names.is_empty() && excludes.paths.is_empty())
+                    {
+                        continue;
+                    }
+                    if m.is_file() {
+                        Progress::add(&progress.files_total, 1);
+                        Progress::add(&progress.bytes_total, m.size);
+                    } else if m.is_dir() {
+                        pending.push((name, m));
+                    }
+                }
+            }
+            match pending.pop() {
+                Some((name, m)) => {
+                    let child = fsat::open_dir_verified(fd.as_fd(), &name, &m);
+                    let p = rel.join(fsat::os(&name));
+                    if let Ok(child) = child {
+                        stack.push((child, p, Vec::new(), true));
+                    }
+                }
+                None => {
+                    stack.pop();
                 }
             }
         }

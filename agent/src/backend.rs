@@ -173,6 +173,8 @@ pub struct S3Location {
     pub session_token: Option<String>,
     /// Use virtual-host-style addressing instead of path style.
     pub virtual_host_style: bool,
+    /// Extra CA certificates (PEM) trusted for the endpoint, besides the system's roots.
+    pub ca_bundle: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for S3Location {
@@ -278,6 +280,49 @@ fn persist_durably(file: NamedTempFile, target: &Path) -> Result<()> {
         .map_err(|e| Error::io(dir, e))
 }
 
+/// The operator `op` with an HTTP client that trusts the CA certificates in `pem` besides
+/// the system's roots (one client per backend, so connections are pooled).
+fn with_ca_bundle(op: Operator, pem: &[u8]) -> std::result::Result<Operator, String> {
+    crate::tls::install_provider();
+    let certs = crate::tls::parse_ca_bundle(pem)?;
+    let client = reqwest::Client::builder()
+        .tls_certs_merge(certs)
+        .build()
+        .map_err(|e| format!("building the HTTPS client: {e}"))?;
+    let transport = opendal::HttpTransporter::new(
+        opendal_http_transport_reqwest::ReqwestTransport::new(client),
+    );
+    let ctx = op.base_context().with_http_transport(transport);
+    Ok(op.with_context(ctx))
+}
+
+/// [`Backend::create_if_absent`] for a local repository at `root`.
+fn create_local_if_absent(root: &Path, path: &str, data: &[u8]) -> Result<bool> {
+    let target = root.join(path);
+    let dir = target.parent().unwrap_or(root).to_path_buf();
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let spool = local_spool(root)?;
+    let mut file = tempfile::Builder::new()
+        .prefix("object-")
+        .tempfile_in(&spool)
+        .map_err(|e| Error::io(&spool, e))?;
+    file.write_all(data)
+        .map_err(|e| Error::io(file.path(), e))?;
+    file.as_file()
+        .sync_all()
+        .map_err(|e| Error::io(file.path(), e))?;
+    // The temporary file is removed when `file` drops, whether or not the link was made.
+    match std::fs::hard_link(file.path(), &target) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(Error::io(&target, e)),
+    }
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(&dir, e))?;
+    Ok(true)
+}
+
 /// The engine-wide I/O runtime.
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -353,7 +398,13 @@ impl Backend {
                 if s.virtual_host_style {
                     b = b.enable_virtual_host_style();
                 }
-                (Operator::new(b).map_err(build_err)?, options)
+                let mut op = Operator::new(b).map_err(build_err)?;
+                if let Some(pem) = &s.ca_bundle {
+                    op = with_ca_bundle(op, pem).map_err(|e| {
+                        Error::InvalidInput(format!("repository {display}: --cacert: {e}"))
+                    })?;
+                }
+                (op, options)
             }
         };
         // Deadlines per attempt; retries are ours (see `retry`), outside the timeouts.
@@ -524,6 +575,44 @@ impl Backend {
             .await
             .map(|_| ())
             .map_err(|e| self.err("writing", path, e))
+    }
+
+    /// Creates object `path` holding `data` only if no object of that name exists: of any
+    /// number of concurrent callers (processes or machines) exactly one gets `Ok(true)`, the
+    /// others `Ok(false)`, and the object then holds the winner's bytes, durably.
+    ///
+    /// Local directories: the bytes are written and flushed to a temporary file which is then
+    /// hard-linked to `path`; `link` fails with `EEXIST` when `path` exists, atomically.
+    ///
+    /// S3: a conditional PUT (`If-None-Match: *`, honoured by AWS S3 since 2024, MinIO,
+    /// Ceph RGW, moto). Whatever the answer (a retried PUT that had landed answers 412, a
+    /// server may ignore the header), the object is read back and compared with `data`: it is
+    /// ours only if it holds our bytes. On a server that ignores the header, two writers
+    /// whose PUT, read-back and PUT, read-back do not overlap would both see their own bytes;
+    /// podvault's agents therefore also serialise first use of a repository through the
+    /// Kubernetes API (see `worker::repo`).
+    pub fn create_if_absent(&self, path: &str, data: Vec<u8>) -> Result<bool> {
+        if let Some(root) = &self.fs_root {
+            return create_local_if_absent(root, path, &data);
+        }
+        let buffer = Buffer::from(data.clone());
+        let put = runtime().block_on(self.retry("creating", path, || async {
+            self.op
+                .write_with(path, buffer.clone())
+                .if_not_exists(true)
+                .await
+        }));
+        match put {
+            Ok(_) => {}
+            Err(e) if e.kind() == opendal::ErrorKind::ConditionNotMatch => {}
+            Err(e) => return Err(self.err("creating", path, e)),
+        }
+        match runtime().block_on(self.retry("reading", path, || self.op.read(path))) {
+            Ok(b) => Ok(b.to_vec() == data),
+            // Gone again already (a concurrent creator that lost and cleaned up cannot delete
+            // it; only a human can): report it rather than guess.
+            Err(e) => Err(self.err("reading back", path, e)),
+        }
     }
 
     /// True when the object exists.

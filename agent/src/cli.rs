@@ -54,6 +54,18 @@ pub struct Cli {
     /// Use virtual-host-style S3 addressing (default: path style).
     #[arg(long, global = true)]
     pub s3_virtual_host: bool,
+    /// PEM file of CA certificates to trust for the S3 endpoint, besides the system's.
+    #[arg(long, global = true, env = "PODVAULT_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Log format: `text` (no colours unless on a terminal) or `json` (one object per line).
+    #[arg(
+        long,
+        global = true,
+        env = "PODVAULT_LOG_FORMAT",
+        default_value = "text",
+        value_parser = ["text", "json"]
+    )]
+    pub log_format: String,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -111,6 +123,9 @@ impl Cli {
             s3.secret_access_key = std::env::var("AWS_SECRET_ACCESS_KEY").ok();
             s3.session_token = std::env::var("AWS_SESSION_TOKEN").ok();
             s3.virtual_host_style = self.s3_virtual_host;
+            if let Some(path) = &self.cacert {
+                s3.ca_bundle = Some(crate::tls::read_ca_bundle(path)?);
+            }
         }
         Ok(loc)
     }
@@ -147,19 +162,28 @@ impl Cli {
     }
 }
 
+/// Sets up logging to stderr: `PODVAULT_LOG` or `RUST_LOG` filters (default `warn`); plain
+/// text with colours only on a terminal, or one JSON object per line.
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PODVAULT_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if format == "json" {
+        builder.json().with_current_span(false).init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
 /// Runs the CLI with the process arguments and returns the exit code.
 pub fn main() -> ExitCode {
+    crate::tls::install_provider();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PODVAULT_LOG")
-                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    init_logging(&cli.log_format);
     let result = match &cli.command {
         Command::Init(a) => commands::init::run(&cli, a),
         Command::Backup(o) => commands::backup::run(&cli, o),

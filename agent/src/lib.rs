@@ -17,12 +17,14 @@ pub mod commands;
 pub mod crypto;
 pub mod error;
 pub mod forget;
+pub mod fsat;
 pub mod index;
 pub mod packer;
 pub mod progress;
 pub mod prune;
 pub mod repository;
 pub mod restorer;
+pub mod tls;
 pub mod worker;
 
 pub use error::{Error, Result};

@@ -88,9 +88,10 @@ impl Repository {
                 location: backend.location().to_owned(),
             });
         }
-        // A repository that lost its config still holds keys and data: a new master key
-        // beside them would make them unreadable for good.
-        for dir in [ObjectKind::Key, ObjectKind::Snapshot, ObjectKind::Index] {
+        // A repository that lost its config still holds snapshots and data: a new master key
+        // beside them would make them unreadable for good. (Key files alone are not data:
+        // they are what a concurrent creator writes first, or what a killed one left.)
+        for dir in [ObjectKind::Snapshot, ObjectKind::Index] {
             if !backend.list(dir.name())?.is_empty() {
                 return Err(Error::InvalidInput(format!(
                     "{} has no config but already holds podvault objects ({}/); refusing to \
@@ -114,9 +115,30 @@ impl Repository {
                 pack_target_size: opts.pack_size.max(1 << 20),
             },
         };
-        // Key first: a config without a key would be a repository nobody can open.
-        repo.key_id = Some(repo.add_key(password, opts.kdf)?);
-        repo.save(&repo.config)?;
+        // Creation is decided by one atomic step: creating `config` if absent. Any number of
+        // creators may race; each writes its own key file first (a config without a key
+        // would be a repository nobody can open), then exactly one creates the config. The
+        // losers delete their key file and report AlreadyInitialised; until they do, `open`
+        // skips a key whose master key does not open the config.
+        let key_id = repo.add_key(password, opts.kdf)?;
+        repo.key_id = Some(key_id);
+        let sealed = repo
+            .key
+            .seal(ObjectKind::Config.aad(), &repo.config.encode());
+        let created = match repo.backend.create_if_absent("config", sealed) {
+            Ok(created) => created,
+            Err(e) => {
+                // Unknown outcome: keep the key (it may be the one that opens the config).
+                return Err(e);
+            }
+        };
+        if !created {
+            let location = repo.backend.location().to_owned();
+            if let Err(e) = repo.backend.delete(&object_path::<KeyFile>(&key_id)) {
+                tracing::warn!(error = %e, "could not remove the key file of a lost concurrent init");
+            }
+            return Err(Error::AlreadyInitialised { location });
+        }
         Ok(repo)
     }
 
@@ -136,33 +158,40 @@ impl Repository {
                 detail: "the repository has a config but no key files".into(),
             });
         }
-        let mut key = None;
+        // Every key file this password opens is tried against the config: normally the
+        // first one opens it; a key whose master key does not seal the config is one a
+        // creator that lost a concurrent init has not removed yet (or a stray), and skipped.
+        let sealed = backend.read("config")?;
         let mut damaged = Vec::new();
+        let mut unwrapped = 0;
+        let mut config_err = None;
+        let mut opened = None;
         for path in &keys {
-            let bytes = backend.read(path)?;
-            let kf = match verify_name(path, &bytes).and_then(|()| decode::<KeyFile>(path, &bytes))
-            {
-                Ok(kf) => kf,
-                Err(e) => {
-                    damaged.push(e.to_string());
-                    continue;
+            match try_key(&backend, path, password)? {
+                KeyOutcome::Opens(k, id) => {
+                    unwrapped += 1;
+                    match k.open(ObjectKind::Config.aad(), &sealed) {
+                        Ok(plain) => {
+                            opened = Some((k, id, plain));
+                            break;
+                        }
+                        Err(e) => config_err = Some(e.to_string()),
+                    }
                 }
-            };
-            let sealed = hex::decode(&kf.master_key).map_err(|_| Error::Corrupt {
-                object: path.clone(),
-                detail: "master key is not hex".into(),
-            })?;
-            match crypto::unwrap_master_key(password, &kf.kdf, &sealed) {
-                Ok(Some(k)) => {
-                    let name = path.rsplit('/').next().unwrap_or_default();
-                    key = Some((k, parse_id(name).map(podvault_proto::KeyId)));
-                    break;
-                }
-                Ok(None) => {}
-                Err(detail) => damaged.push(format!("{path}: {detail}")),
+                KeyOutcome::OtherPassword => {}
+                KeyOutcome::Damaged(d) => damaged.push(d),
             }
         }
-        let Some((key, key_id)) = key else {
+        let Some((key, key_id, plain)) = opened else {
+            if unwrapped > 0 {
+                return Err(Error::Corrupt {
+                    object: "config".into(),
+                    detail: format!(
+                        "{} (with each of the {unwrapped} key file(s) this password opens)",
+                        config_err.unwrap_or_default()
+                    ),
+                });
+            }
             if damaged.len() == keys.len() {
                 return Err(Error::Corrupt {
                     object: format!("{}/keys/", backend.location()),
@@ -174,13 +203,6 @@ impl Repository {
                 keys: keys.len(),
             });
         };
-        let sealed = backend.read("config")?;
-        let plain = key
-            .open(ObjectKind::Config.aad(), &sealed)
-            .map_err(|e| Error::Corrupt {
-                object: "config".into(),
-                detail: e.to_string(),
-            })?;
         let config = decode::<Config>("config", &plain)?;
         config.chunker.validate().map_err(|d| Error::Corrupt {
             object: "config".into(),
@@ -502,6 +524,40 @@ impl Repository {
 }
 
 /// Checks that an object's bytes hash to the id in its name.
+/// What one key file says to a password.
+enum KeyOutcome {
+    /// The password unwraps this master key.
+    Opens(MasterKey, Option<podvault_proto::KeyId>),
+    /// Another password's key.
+    OtherPassword,
+    /// The key file is damaged (the message names it).
+    Damaged(String),
+}
+
+/// Reads key file `path` and tries `password` on it.
+fn try_key(backend: &Backend, path: &str, password: &[u8]) -> Result<KeyOutcome> {
+    let bytes = backend.read(path)?;
+    let kf = match verify_name(path, &bytes).and_then(|()| decode::<KeyFile>(path, &bytes)) {
+        Ok(kf) => kf,
+        Err(e) => return Ok(KeyOutcome::Damaged(e.to_string())),
+    };
+    let Ok(sealed) = hex::decode(&kf.master_key) else {
+        return Ok(KeyOutcome::Damaged(format!(
+            "{path}: master key is not hex"
+        )));
+    };
+    Ok(
+        match crypto::unwrap_master_key(password, &kf.kdf, &sealed) {
+            Ok(Some(k)) => {
+                let name = path.rsplit('/').next().unwrap_or_default();
+                KeyOutcome::Opens(k, parse_id(name).map(podvault_proto::KeyId))
+            }
+            Ok(None) => KeyOutcome::OtherPassword,
+            Err(detail) => KeyOutcome::Damaged(format!("{path}: {detail}")),
+        },
+    )
+}
+
 fn verify_name(path: &str, bytes: &[u8]) -> Result<()> {
     let name = path.rsplit('/').next().unwrap_or_default();
     if name != blake3::hash(bytes).to_hex().as_str() {

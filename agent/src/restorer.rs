@@ -7,12 +7,41 @@
 //! sparse. **Finish**: set modes, owners (as root) and times; create hard links, symlinks and
 //! special files; fix directory metadata deepest first.
 //!
-//! Safety: every name is checked to be one plain path component; directories are created
-//! by the restorer and never followed if they turn out to be symlinks; files are opened
-//! with `O_NOFOLLOW`; hard links only point at files restored in this run. Nothing is
-//! written outside the target. A file whose data cannot be read or verified is removed and
-//! reported, the rest is restored, and the restore returns an error — it never reports
-//! success for an incomplete restore or leaves wrong bytes in place.
+//! Safety: every name is checked to be one plain path component; hard links only point at
+//! files restored in this run. Nothing is written outside the target. A file whose data
+//! cannot be read or verified is removed and reported, the rest is restored, and the
+//! restore returns an error — it never reports success for an incomplete restore or leaves
+//! wrong bytes in place.
+//!
+//! ## Live targets
+//! The target may be a volume whose owner changes it during the restore (see
+//! [`crate::fsat`]), so no path below the target is ever resolved by a path lookup that could
+//! follow a symlink. The target is opened once; each directory is created with `mkdirat`
+//! and opened with `O_DIRECTORY|O_NOFOLLOW` relative to its parent's descriptor, and its
+//! device and inode are recorded. Later phases reopen a directory with `openat2`
+//! (`RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS`, or one `O_NOFOLLOW` open
+//! per component) and refuse it unless it is still the recorded directory. Files are created
+//! with `O_CREAT|O_EXCL|O_NOFOLLOW` relative to their directory — an existing non-directory
+//! in the way is unlinked first, so the restore never writes into an inode it did not
+//! create (a hard link to elsewhere, a file swapped in) — and owner, mode and times are set
+//! with `fchown`/`fchmod`/`futimens` on the open file. Links, symlinks, FIFOs, device nodes
+//! and deletions use `linkat`, `symlinkat`, `mknodat` and `unlinkat` relative to a checked
+//! directory. An entry that was replaced under the restore is refused and named; the
+//! restore then ends with an error.
+//!
+//! ## Cost per file
+//! A file that is one chunk or less (most files of a many-small-files tree) is created,
+//! written and given its metadata in one open when its chunk is decrypted: `openat`,
+//! `pwrite`, `fchown` (as root), `fchmod`, `futimens`, `close`. Larger files are created
+//! (and sized) first, written chunk by chunk through a checked reopen, and finished with
+//! one more open. Directory descriptors are cached per worker thread.
+//!
+//! ## Restricted policy
+//! With [`RestoreOptions::restricted`] (the agent's default for snapshots restored into a
+//! pod's volume) a snapshot cannot plant privilege in the target: device nodes are not
+//! created (reported as skipped), setuid and setgid bits are dropped, and an owner of uid 0
+//! becomes [`RESTRICTED_UID`]; nothing crosses into another file system mounted inside the
+//! target. The CLI keeps the unrestricted behaviour unless `--restricted` is given.
 //!
 //! ## Hostile repositories
 //! A repository may be damaged or written by someone else, so every tree is treated as
@@ -36,21 +65,23 @@
 //!   than left zero-filled.
 
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::thread;
 
-use filetime::FileTime;
 use podvault_proto::pack::BlobType;
 use podvault_proto::snapshot::Snapshot;
 use podvault_proto::tree::{Node, NodeKind, Tree};
 use podvault_proto::{BlobId, PackId, Record, TreeId};
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, Uid};
 
 use crate::error::{Error, Result};
+use crate::fsat::{self, Meta};
 use crate::index::{BlobLocation, MasterIndex};
 use crate::progress::Progress;
 use crate::repository::{pack_path, Repository};
@@ -74,6 +105,10 @@ pub struct RestoreOptions {
     pub threads: usize,
 }
 
+/// Owner given to entries the snapshot says belong to uid 0, under the restricted policy
+/// (the kernel's overflow uid, `nobody`).
+pub const RESTRICTED_UID: u32 = 65534;
+
 /// What a restore did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RestoreOutcome {
@@ -85,7 +120,8 @@ pub struct RestoreOutcome {
     pub others: u64,
     /// File bytes restored.
     pub bytes: u64,
-    /// Entries not recreated for lack of privilege (device nodes when not root), or sockets.
+    /// Entries not recreated: device nodes when not root or under the restricted policy,
+    /// and sockets.
     pub skipped: Vec<String>,
 }
 
@@ -94,24 +130,79 @@ pub const MAX_DEPTH: usize = 2048;
 /// Stack of the planning thread: 32 KiB per level of [`MAX_DEPTH`] (virtual; only the
 /// levels actually reached are touched).
 const PLAN_STACK: usize = MAX_DEPTH * 32 * 1024;
+/// Longest path restored (Linux `PATH_MAX`, terminating NUL included).
+const PATH_MAX: usize = 4096;
+
+/// How owners and modes are applied.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    /// Running as root: owners are restored.
+    root: bool,
+    /// The restricted policy (see the module docs).
+    restricted: bool,
+    /// The target's device, when entries on other devices are refused.
+    dev: Option<u64>,
+}
+
+impl Policy {
+    /// Owner (`None`: leave as created), group and permission bits for `node`.
+    fn owner_mode(&self, node: &Node) -> (Option<Uid>, Option<Gid>, Mode) {
+        let mut mode = node.mode & 0o7777;
+        let mut uid = node.uid;
+        if self.restricted {
+            mode &= !0o6000;
+            if uid == 0 {
+                uid = RESTRICTED_UID;
+            }
+        }
+        // -1 means "unchanged" to chown; a snapshot saying so is taken at its word.
+        let uid = (self.root && uid != u32::MAX).then(|| Uid::from_raw(uid));
+        let gid = (self.root && node.gid != u32::MAX).then(|| Gid::from_raw(node.gid));
+        (uid, gid, Mode::from_raw_mode(mode))
+    }
+}
+
+/// A directory the restore created or entered.
+struct PlannedDir {
+    /// Where it is (for messages).
+    path: PathBuf,
+    /// Its path relative to the target (for reopening it).
+    rel: PathBuf,
+    /// What it was when the planner opened it; every reopen must find the same directory.
+    meta: Meta,
+    /// Its node: `None` for the target itself and for directories only crossed to reach
+    /// included paths.
+    node: Option<Node>,
+}
 
 struct PlannedFile {
     path: PathBuf,
+    /// Its directory (index into [`Plan::dirs`]) and name there.
+    dir: usize,
+    name: Vec<u8>,
     node: Node,
     failed: Option<String>,
-    /// The restorer created (and truncated) the file; it is removed if the restore stops.
-    created: bool,
+    /// At most one chunk: created, written and finished in one open when its chunk arrives
+    /// (or in the finish phase when it has none).
+    single: bool,
+    /// A larger file as created (and sized) before its content: reopened only if it is
+    /// still this inode. Removed if the restore stops.
+    created: Option<Meta>,
 }
 
 struct Plan {
+    dirs: Vec<PlannedDir>,
     files: Vec<PlannedFile>,
-    dirs: Vec<(PathBuf, Node)>,
-    deferred: Vec<(PathBuf, Node)>,
-    links: Vec<(PathBuf, usize, Node)>,
+    /// Symlinks and special files: directory, name, node, path.
+    deferred: Vec<(usize, Vec<u8>, Node, PathBuf)>,
+    /// Hard links: directory, name, first file, path.
+    links: Vec<(usize, Vec<u8>, usize, PathBuf)>,
     placements: HashMap<BlobId, Vec<(usize, u64)>>,
     first_link: HashMap<(u64, u64), usize>,
     /// Entries that could not be planned, each naming its path and why.
     errors: Vec<String>,
+    /// Single files finished while their content was written.
+    finished: Vec<AtomicBool>,
 }
 
 impl Plan {
@@ -122,10 +213,57 @@ impl Plan {
     }
 
     /// Removes files this restore created but did not finish (the restore was stopped).
-    fn abandon(&self) {
-        for f in self.files.iter().filter(|f| f.created) {
-            let _ = fs::remove_file(&f.path);
+    fn abandon(&self, root: BorrowedFd<'_>) {
+        let mut dirs = Dirs::new(root, &self.dirs);
+        for f in self.files.iter().filter(|f| f.created.is_some()) {
+            if let Ok(d) = dirs.get(f.dir) {
+                let _ = rustix::fs::unlinkat(d, f.name.as_slice(), AtFlags::empty());
+            }
         }
+    }
+}
+
+/// Open directories of the plan, reopened on demand (beneath the target, never through a
+/// symlink, checked against what the planner saw); a few are kept open per thread.
+struct Dirs<'a> {
+    root: BorrowedFd<'a>,
+    dirs: &'a [PlannedDir],
+    open: Vec<(usize, OwnedFd)>,
+}
+
+/// Directory descriptors each thread keeps open.
+const DIRS_KEPT: usize = 16;
+
+impl<'a> Dirs<'a> {
+    fn new(root: BorrowedFd<'a>, dirs: &'a [PlannedDir]) -> Self {
+        Dirs {
+            root,
+            dirs,
+            open: Vec::new(),
+        }
+    }
+
+    /// The open directory `i` of the plan.
+    fn get(&mut self, i: usize) -> io::Result<BorrowedFd<'_>> {
+        if i == 0 {
+            return Ok(self.root);
+        }
+        let pos = match self.open.iter().position(|(j, _)| *j == i) {
+            Some(pos) => pos,
+            None => {
+                let d = &self.dirs[i];
+                let fd = fsat::open_dir_beneath(self.root, &d.rel)?;
+                if !fsat::fstat(fd.as_fd())?.same_inode(&d.meta) {
+                    return Err(fsat::replaced());
+                }
+                if self.open.len() >= DIRS_KEPT {
+                    self.open.remove(0);
+                }
+                self.open.push((i, fd));
+                self.open.len() - 1
+            }
+        };
+        Ok(self.open[pos].1.as_fd())
     }
 }
 
@@ -137,6 +275,7 @@ pub fn restore(
     progress: &Progress,
     cancel: &AtomicBool,
 ) -> Result<RestoreOutcome> {
+    fsat::raise_fd_limit();
     let index = repo.load_index()?;
     let includes: Vec<Vec<Vec<u8>>> = opts
         .includes
@@ -148,15 +287,31 @@ pub fn restore(
                 .collect()
         })
         .collect();
+    // The target itself is named by the operator (or the agent) and trusted; below it
+    // nothing is.
     fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
+    let root_fd = fsat::open_root(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
+    let root_meta = fsat::fstat(root_fd.as_fd()).map_err(|e| Error::io(&opts.target, e))?;
+    let restricted = false;
+    let policy = Policy {
+        root: rustix::process::geteuid().is_root(),
+        restricted,
+        dev: restricted.then_some(root_meta.dev),
+    };
     let mut plan = Plan {
+        dirs: vec![PlannedDir {
+            path: opts.target.clone(),
+            rel: PathBuf::new(),
+            meta: root_meta,
+            node: None,
+        }],
         files: Vec::new(),
-        dirs: Vec::new(),
         deferred: Vec::new(),
         links: Vec::new(),
         placements: HashMap::new(),
         first_link: HashMap::new(),
         errors: Vec::new(),
+        finished: Vec::new(),
     };
     let mut outcome = RestoreOutcome::default();
     let root = load_tree(repo, &index, &snapshot.tree)?;
@@ -167,18 +322,16 @@ pub fn restore(
             .name("podvault-restore-plan".into())
             .stack_size(PLAN_STACK)
             .spawn_scoped(s, || {
-                plan_tree(
+                let mut walk = PlanWalk {
                     repo,
-                    &index,
-                    &snapshot.tree,
-                    root,
-                    &opts.target,
-                    &mut Vec::new(),
-                    &includes,
-                    opts.delete,
-                    &mut plan,
-                    &mut vec![snapshot.tree],
-                )
+                    index: &index,
+                    delete: opts.delete,
+                    policy,
+                    plan: &mut plan,
+                    ancestors: vec![snapshot.tree],
+                    rel: Vec::new(),
+                };
+                walk.tree(&snapshot.tree, root, (root_fd.as_fd(), 0), &includes)
             })
             .map_err(|e| Error::io(&opts.target, e))?;
         planner
@@ -186,17 +339,21 @@ pub fn restore(
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
     });
     if let Err(e) = planned {
-        plan.abandon();
+        plan.abandon(root_fd.as_fd());
         return Err(e);
     }
+    plan.finished = plan.files.iter().map(|_| AtomicBool::new(false)).collect();
     if cancel.load(Ordering::Relaxed) {
-        plan.abandon();
         return Err(Error::Canceled);
     }
     let threads = opts.threads.max(1);
-    create_files(&mut plan, threads, progress);
+    create_files(&mut plan, root_fd.as_fd(), threads);
+    for f in plan.files.iter().filter(|f| f.failed.is_none()) {
+        Progress::add(&progress.files_total, 1);
+        Progress::add(&progress.bytes_total, f.node.size);
+    }
     if cancel.load(Ordering::Relaxed) {
-        plan.abandon();
+        plan.abandon(root_fd.as_fd());
         return Err(Error::Canceled);
     }
 
@@ -207,81 +364,116 @@ pub fn restore(
             by_pack.entry(loc.pack).or_default().push((*id, loc));
         }
     }
-    let jobs = Mutex::new(by_pack.into_iter().collect::<Vec<_>>());
+    // Packs in the order of their first placement, so files (and so directories) come
+    // roughly in plan order and each worker's directory cache keeps hitting.
+    let mut by_pack: Vec<_> = by_pack.into_iter().collect();
+    let first = |blobs: &[(BlobId, BlobLocation)]| {
+        blobs
+            .iter()
+            .filter_map(|(id, _)| plan.placements.get(id)?.first().map(|p| p.0))
+            .min()
+            .unwrap_or(usize::MAX)
+    };
+    by_pack.sort_by_cached_key(|(_, blobs)| std::cmp::Reverse(first(blobs)));
+    let jobs = Mutex::new(by_pack);
     let failures: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
     thread::scope(|s| {
         for _ in 0..threads {
-            s.spawn(|| loop {
-                if cancel.load(Ordering::Relaxed) {
-                    return;
+            s.spawn(|| {
+                let mut dirs = Dirs::new(root_fd.as_fd(), &plan.dirs);
+                loop {
+                    if cancel.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Some((pack, mut blobs)) =
+                        jobs.lock().unwrap_or_else(|p| p.into_inner()).pop()
+                    else {
+                        return;
+                    };
+                    blobs.sort_by_key(|(_, l)| l.offset);
+                    restore_pack(
+                        repo, &pack, &blobs, &plan, &mut dirs, &policy, &failures, progress,
+                    );
                 }
-                let Some((pack, mut blobs)) = jobs.lock().unwrap_or_else(|p| p.into_inner()).pop()
-                else {
-                    return;
-                };
-                blobs.sort_by_key(|(_, l)| l.offset);
-                restore_pack(repo, &pack, &blobs, &plan, &failures, progress);
             });
         }
     });
     if cancel.load(Ordering::Relaxed) {
-        plan.abandon();
+        plan.abandon(root_fd.as_fd());
         return Err(Error::Canceled);
     }
     for (i, why) in failures.into_inner().unwrap_or_else(|p| p.into_inner()) {
         plan.files[i].failed.get_or_insert(why);
     }
 
-    // Finish: metadata, removal of failed files, links, special files, directories.
-    let root = nix::unistd::geteuid().is_root();
+    // Finish: metadata (and empty files), removal of failed files, links, special files,
+    // directories.
     // Plan errors were logged when found; everything else is logged here.
     let mut failed: Vec<String> = std::mem::take(&mut plan.errors);
     let mut fail = |message: String| {
         tracing::error!("not restored: {message}");
         failed.push(message);
     };
-    let metadata = for_each_file(&plan.files, threads, |f| {
-        set_metadata(&f.path, &f.node, root, false)
+    let metadata = for_each_file(&plan, root_fd.as_fd(), threads, |dirs, i, f| {
+        if plan.finished[i].load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let r = if f.single {
+            // No chunk: an empty file (or one all a hole).
+            write_single(dirs, f, None, &policy)
+        } else {
+            finish_file(dirs, f, &policy)
+        };
+        r.map_err(|e| format!("{}: {e}", f.path.display()))
     });
+    let mut dirs = Dirs::new(root_fd.as_fd(), &plan.dirs);
     for (f, set) in plan.files.iter().zip(metadata) {
         if let Some(why) = &f.failed {
-            let _ = fs::remove_file(&f.path);
+            if f.created.is_some() {
+                if let Ok(d) = dirs.get(f.dir) {
+                    let _ = rustix::fs::unlinkat(d, f.name.as_slice(), AtFlags::empty());
+                }
+            }
             fail(format!("{}: {why}", f.path.display()));
             continue;
         }
         if let Some(Err(e)) = set {
-            fail(e.to_string());
+            fail(e);
             continue;
         }
         outcome.files += 1;
         outcome.bytes += f.node.size;
     }
-    for (path, first, _) in &plan.links {
-        if plan.files[*first].failed.is_some() {
+    for (dir, name, first, path) in &plan.links {
+        let src = &plan.files[*first];
+        if src.failed.is_some() {
             fail(format!(
                 "{}: hard link to a file that was not restored",
                 path.display()
             ));
             continue;
         }
-        let r = remove_non_dir(path).and_then(|()| {
-            fs::hard_link(&plan.files[*first].path, path).map_err(|e| Error::io(path, e))
-        });
-        match r {
+        match hard_link(&mut dirs, (src.dir, &src.name), (*dir, name)) {
             Ok(()) => outcome.others += 1,
-            Err(e) => fail(e.to_string()),
+            Err(e) => fail(format!("{}: {e}", path.display())),
         }
     }
-    for (path, node) in &plan.deferred {
-        match create_special(path, node, root) {
+    for (dir, name, node, path) in &plan.deferred {
+        let r = dirs
+            .get(*dir)
+            .and_then(|d| create_special(d, name, node, &policy));
+        match r {
             Ok(true) => outcome.others += 1,
             Ok(false) => outcome.skipped.push(path.display().to_string()),
-            Err(e) => fail(e.to_string()),
+            Err(e) => fail(format!("{}: {e}", path.display())),
         }
     }
-    for (path, node) in plan.dirs.iter().rev() {
-        if let Err(e) = set_metadata(path, node, root, false) {
-            fail(e.to_string());
+    // Deepest first: a directory's times are set after everything inside it.
+    for (i, d) in plan.dirs.iter().enumerate().rev() {
+        let Some(node) = &d.node else { continue };
+        let r = dirs.get(i).and_then(|fd| set_metadata(fd, node, &policy));
+        if let Err(e) = r {
+            fail(format!("{}: {e}", d.path.display()));
         }
         outcome.dirs += 1;
     }
@@ -295,7 +487,7 @@ pub fn restore(
 }
 
 /// Loads a tree to restore, with its entries sorted by name (stable, so duplicates stay in
-/// stored order); entries are validated by [`plan_tree`].
+/// stored order); entries are validated by [`PlanWalk::tree`].
 fn load_tree(repo: &Repository, index: &MasterIndex, id: &TreeId) -> Result<Vec<Node>> {
     let bytes = repo.read_blob(index, BlobType::Tree, &BlobId::from(*id))?;
     let mut nodes = Tree::decode(&bytes)
@@ -308,190 +500,212 @@ fn load_tree(repo: &Repository, index: &MasterIndex, id: &TreeId) -> Result<Vec<
     Ok(nodes)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn plan_tree(
-    repo: &Repository,
-    index: &MasterIndex,
-    tree_id: &TreeId,
-    nodes: Vec<Node>,
-    dir: &Path,
-    rel: &mut Vec<Vec<u8>>,
-    includes: &[Vec<Vec<u8>>],
+/// The planner's walk over the snapshot's trees.
+struct PlanWalk<'a, 'p> {
+    repo: &'a Repository,
+    index: &'a MasterIndex,
     delete: bool,
-    plan: &mut Plan,
-    ancestors: &mut Vec<TreeId>,
-) -> Result<()> {
-    if delete && includes.is_empty() {
-        remove_extraneous(dir, &nodes)?;
-    }
-    let mut i = 0;
-    while i < nodes.len() {
-        // Entries sharing a name are handled together.
-        let copies = nodes[i..]
-            .iter()
-            .take_while(|n| n.name == nodes[i].name)
-            .count();
-        let node = &nodes[i];
-        i += copies;
-        rel.push(node.name.clone());
-        let selected = includes.is_empty() || includes.iter().any(|inc| rel.starts_with(inc));
-        let ancestor = includes
-            .iter()
-            .any(|inc| inc.starts_with(rel) && inc.len() > rel.len());
-        rel.pop();
-        if !(selected || ancestor) {
-            continue;
+    policy: Policy,
+    plan: &'p mut Plan,
+    /// Trees from the root to the current one (cycle detection).
+    ancestors: Vec<TreeId>,
+    /// Names from the root to the current directory (include matching).
+    rel: Vec<Vec<u8>>,
+}
+
+impl PlanWalk<'_, '_> {
+    /// Plans the entries of one directory, open as `dir` (descriptor, index in the plan).
+    fn tree(
+        &mut self,
+        tree_id: &TreeId,
+        nodes: Vec<Node>,
+        dir: (BorrowedFd<'_>, usize),
+        includes: &[Vec<Vec<u8>>],
+    ) -> Result<()> {
+        let (dir_fd, dir_index) = dir;
+        let dir_path = self.plan.dirs[dir_index].path.clone();
+        let dir_rel = self.plan.dirs[dir_index].rel.clone();
+        if self.delete && includes.is_empty() {
+            remove_extraneous(dir_fd, &dir_path, &nodes)?;
         }
-        if !node.name_is_safe() {
-            plan.error(format!(
-                "{}: entry {:?} in tree {tree_id}: unsafe name (not a single path component)",
-                dir.display(),
-                node.display_name()
-            ));
-            continue;
-        }
-        let path = dir.join(std::ffi::OsStr::from_bytes(&node.name));
-        if copies > 1 {
-            plan.error(format!(
-                "{}: entry {:?} appears {copies} times in tree {tree_id}; none of them is restored",
-                path.display(),
-                node.display_name()
-            ));
-            continue;
-        }
-        rel.push(node.name.clone());
-        match node.kind {
-            NodeKind::Dir => {
-                let sub = match node.subtree {
-                    None => Err("the directory has no subtree".to_owned()),
-                    Some(sub) if ancestors.contains(&sub) => Err(format!(
-                        "its tree {sub} is one of its own ancestors (a cycle)"
-                    )),
-                    Some(_) if ancestors.len() >= MAX_DEPTH => {
-                        Err(format!("directories nest deeper than {MAX_DEPTH} levels"))
-                    }
-                    Some(sub) => load_tree(repo, index, &sub)
-                        .map(|nodes| (sub, nodes))
-                        .map_err(|e| e.to_string()),
-                };
-                let planned = sub.and_then(|sub| {
-                    ensure_dir(&path).map_err(|e| match e {
-                        // The path is named below.
-                        Error::Io { source, .. } => source.to_string(),
-                        other => other.to_string(),
-                    })?;
-                    Ok(sub)
-                });
-                match planned {
-                    Err(why) => plan.error(format!(
-                        "{}: directory in tree {tree_id}: {why}",
-                        path.display()
-                    )),
-                    Ok((sub, sub_nodes)) => {
-                        let inner: Vec<Vec<Vec<u8>>> = if selected {
-                            Vec::new()
-                        } else {
-                            includes.to_vec()
-                        };
-                        ancestors.push(sub);
-                        let r = plan_tree(
-                            repo,
-                            index,
-                            &sub,
-                            sub_nodes,
-                            &path,
-                            rel,
-                            if selected { &inner } else { includes },
-                            delete,
-                            plan,
-                            ancestors,
-                        );
-                        ancestors.pop();
-                        r?;
-                        if selected {
-                            plan.dirs.push((path, node.clone()));
+        let mut i = 0;
+        while i < nodes.len() {
+            // Entries sharing a name are handled together.
+            let copies = nodes[i..]
+                .iter()
+                .take_while(|n| n.name == nodes[i].name)
+                .count();
+            let node = &nodes[i];
+            i += copies;
+            self.rel.push(node.name.clone());
+            let selected =
+                includes.is_empty() || includes.iter().any(|inc| self.rel.starts_with(inc));
+            let ancestor = includes
+                .iter()
+                .any(|inc| inc.starts_with(&self.rel) && inc.len() > self.rel.len());
+            self.rel.pop();
+            if !(selected || ancestor) {
+                continue;
+            }
+            if !node.name_is_safe() {
+                self.plan.error(format!(
+                    "{}: entry {:?} in tree {tree_id}: unsafe name (not a single path component)",
+                    dir_path.display(),
+                    node.display_name()
+                ));
+                continue;
+            }
+            let path = dir_path.join(fsat::os(&node.name));
+            if path.as_os_str().len() >= PATH_MAX {
+                // Descriptor-relative calls could go deeper, but nothing could open it by
+                // path afterwards (the application included).
+                self.plan.error(format!(
+                    "{}: the path is longer than PATH_MAX ({PATH_MAX} bytes)",
+                    path.display()
+                ));
+                continue;
+            }
+            if copies > 1 {
+                self.plan.error(format!(
+                    "{}: entry {:?} appears {copies} times in tree {tree_id}; none of them is restored",
+                    path.display(),
+                    node.display_name()
+                ));
+                continue;
+            }
+            self.rel.push(node.name.clone());
+            match node.kind {
+                NodeKind::Dir => {
+                    let sub = match node.subtree {
+                        None => Err("the directory has no subtree".to_owned()),
+                        Some(sub) if self.ancestors.contains(&sub) => Err(format!(
+                            "its tree {sub} is one of its own ancestors (a cycle)"
+                        )),
+                        Some(_) if self.ancestors.len() >= MAX_DEPTH => {
+                            Err(format!("directories nest deeper than {MAX_DEPTH} levels"))
+                        }
+                        Some(sub) => load_tree(self.repo, self.index, &sub)
+                            .map(|nodes| (sub, nodes))
+                            .map_err(|e| e.to_string()),
+                    };
+                    let planned = sub.and_then(|sub| {
+                        let opened = ensure_dir(dir_fd, &node.name, self.policy.dev)
+                            .map_err(|e| e.to_string())?;
+                        Ok((sub, opened))
+                    });
+                    match planned {
+                        Err(why) => self.plan.error(format!(
+                            "{}: directory in tree {tree_id}: {why}",
+                            path.display()
+                        )),
+                        Ok(((sub, sub_nodes), (fd, meta))) => {
+                            let index = self.plan.dirs.len();
+                            self.plan.dirs.push(PlannedDir {
+                                path,
+                                rel: dir_rel.join(fsat::os(&node.name)),
+                                meta,
+                                node: selected.then(|| node.clone()),
+                            });
+                            let inner: Vec<Vec<Vec<u8>>> = if selected {
+                                Vec::new()
+                            } else {
+                                includes.to_vec()
+                            };
+                            self.ancestors.push(sub);
+                            let r = self.tree(&sub, sub_nodes, (fd.as_fd(), index), &inner);
+                            self.ancestors.pop();
+                            r?;
                         }
                     }
                 }
+                _ if !selected => {}
+                NodeKind::File => self.file(dir_index, path, node),
+                _ => self
+                    .plan
+                    .deferred
+                    .push((dir_index, node.name.clone(), node.clone(), path)),
             }
-            _ if !selected => {}
-            NodeKind::File => plan_file(index, path, node, plan),
-            _ => plan.deferred.push((path, node.clone())),
+            self.rel.pop();
         }
-        rel.pop();
+        Ok(())
     }
-    Ok(())
-}
 
-/// Plans one file: creates it at its full (sparse) size and notes where its chunks go. A
-/// file that cannot be restored is recorded as failed and not created.
-fn plan_file(index: &MasterIndex, path: PathBuf, node: &Node, plan: &mut Plan) {
-    let key = (node.device, node.inode);
-    if node.links > 1 {
-        if let Some(&first) = plan.first_link.get(&key) {
-            if plan.files[first].node.content == node.content {
-                plan.links.push((path, first, node.clone()));
-                return;
+    /// Plans one file: notes where its chunks go. A file that cannot be restored is
+    /// recorded as failed and never created.
+    fn file(&mut self, dir: usize, path: PathBuf, node: &Node) {
+        let plan = &mut *self.plan;
+        let key = (node.device, node.inode);
+        if node.links > 1 {
+            if let Some(&first) = plan.first_link.get(&key) {
+                if plan.files[first].node.content == node.content {
+                    plan.links.push((dir, node.name.clone(), first, path));
+                    return;
+                }
             }
         }
-    }
-    let mut failed = None;
-    let mut chunks = Vec::with_capacity(node.content.len());
-    let mut offset = 0u64;
-    for c in &node.content {
-        let id = BlobId(c.0);
-        match index.lookup(&id) {
-            Some(loc) => {
-                chunks.push((id, offset));
-                offset += loc.raw_length as u64;
-            }
-            None => {
-                failed.get_or_insert(format!("chunk {id} is not in the repository index"));
+        let mut failed = None;
+        let mut chunks = Vec::with_capacity(node.content.len());
+        let mut offset = 0u64;
+        for c in &node.content {
+            let id = BlobId(c.0);
+            match self.index.lookup(&id) {
+                Some(loc) => {
+                    chunks.push((id, offset));
+                    offset += loc.raw_length as u64;
+                }
+                None => {
+                    failed.get_or_insert(format!("chunk {id} is not in the repository index"));
+                }
             }
         }
-    }
-    if failed.is_none() && offset != node.size {
-        failed = Some(format!(
-            "chunks hold {offset} bytes but the file size is {}",
-            node.size
-        ));
-    }
-    let n = plan.files.len();
-    // The file itself is created later by `create_files`, in parallel; content is only
-    // written into files that step created.
-    if failed.is_none() {
-        for (id, offset) in chunks {
-            plan.placements.entry(id).or_default().push((n, offset));
+        if failed.is_none() && offset != node.size {
+            failed = Some(format!(
+                "chunks hold {offset} bytes but the file size is {}",
+                node.size
+            ));
         }
+        let n = plan.files.len();
+        if failed.is_none() {
+            for (id, offset) in chunks {
+                plan.placements.entry(id).or_default().push((n, offset));
+            }
+        }
+        if node.links > 1 {
+            plan.first_link.insert(key, n);
+        }
+        plan.files.push(PlannedFile {
+            path,
+            dir,
+            name: node.name.clone(),
+            single: node.content.len() <= 1,
+            node: node.clone(),
+            failed,
+            created: None,
+        });
     }
-    if node.links > 1 {
-        plan.first_link.insert(key, n);
-    }
-    plan.files.push(PlannedFile {
-        path,
-        node: node.clone(),
-        failed,
-        created: false,
-    });
 }
 
 /// Files handed to one thread at a time by [`for_each_file`].
 const FILE_BATCH: usize = 256;
 
-/// Runs `work` on every planned file not yet failed, on `threads` threads, and returns
-/// what it said about each, beside the file (`None` for files already failed). Creating a file or setting its metadata
-/// is a handful of system calls; for many small files these dominate a restore, and the
-/// kernel serializes them only within one directory.
+/// Runs `work` on every planned file not yet failed, on `threads` threads (each with its
+/// own directory cache), and returns what it said about each, beside the file (`None` for
+/// files already failed). Creating a file or setting its metadata is a handful of system
+/// calls; for many small files these dominate a restore, and the kernel serializes them
+/// only within one directory.
 fn for_each_file<T: Send>(
-    files: &[PlannedFile],
+    plan: &Plan,
+    root: BorrowedFd<'_>,
     threads: usize,
-    work: impl Fn(&PlannedFile) -> T + Sync,
+    work: impl Fn(&mut Dirs<'_>, usize, &PlannedFile) -> T + Sync,
 ) -> Vec<Option<T>> {
+    let files = &plan.files;
     let next = AtomicUsize::new(0);
     let done: Vec<(usize, T)> = thread::scope(|s| {
         let workers: Vec<_> = (0..threads.max(1))
             .map(|_| {
                 s.spawn(|| {
+                    let mut dirs = Dirs::new(root, &plan.dirs);
                     let mut out = Vec::new();
                     loop {
                         let start = next.fetch_add(FILE_BATCH, Ordering::Relaxed);
@@ -505,7 +719,7 @@ fn for_each_file<T: Send>(
                             .take(FILE_BATCH)
                             .filter(|(_, f)| f.failed.is_none())
                         {
-                            out.push((i, work(f)));
+                            out.push((i, work(&mut dirs, i, f)));
                         }
                     }
                 })
@@ -523,53 +737,136 @@ fn for_each_file<T: Send>(
     by_file
 }
 
-/// Creates every planned file that can be restored (empty, of its final size); a file that
-/// cannot be created is marked failed and receives no content.
-fn create_files(plan: &mut Plan, threads: usize, progress: &Progress) {
-    let created = for_each_file(&plan.files, threads, |f| {
-        create_file(&f.path, f.node.size).map_err(|e| e.to_string())
+/// Creates every planned file of more than one chunk (empty, of its final size) and
+/// records what it created; a file that cannot be created is marked failed and receives no
+/// content. Files of one chunk or none are created when they are written.
+fn create_files(plan: &mut Plan, root: BorrowedFd<'_>, threads: usize) {
+    let created = for_each_file(plan, root, threads, |dirs, _, f| {
+        if f.single {
+            return Ok(None);
+        }
+        let d = dirs.get(f.dir).map_err(|e| e.to_string())?;
+        let file = create_at(d, &f.name).map_err(|e| e.to_string())?;
+        let r = file
+            .set_len(f.node.size)
+            .and_then(|()| fsat::fstat(file.as_fd()));
+        match r {
+            Ok(meta) => Ok(Some(meta)),
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(d, f.name.as_slice(), AtFlags::empty());
+                Err(e.to_string())
+            }
+        }
     });
     for (f, r) in plan.files.iter_mut().zip(created) {
         match r {
-            None => {}
-            Some(Ok(())) => {
-                f.created = true;
-                Progress::add(&progress.files_total, 1);
-                Progress::add(&progress.bytes_total, f.node.size);
-            }
+            None | Some(Ok(None)) => {}
+            Some(Ok(Some(meta))) => f.created = Some(meta),
             Some(Err(e)) => f.failed = Some(e),
         }
     }
 }
 
-/// Creates (or truncates) a regular file of `size` bytes, all a hole; never follows a
-/// symlink. On failure nothing the restorer made is left at `path`.
-fn create_file(path: &Path, size: u64) -> std::io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => {
-            return Err(std::io::Error::other("a directory is in the way of a file"))
-        }
-        Ok(m) if !m.is_file() => fs::remove_file(path)?,
-        _ => {}
+/// Creates the regular file `name` in `dir` for writing, mode 0600: `O_CREAT|O_EXCL|
+/// O_NOFOLLOW`, so it is always a new inode of the restore's own. A non-directory in the
+/// way is unlinked first (never written through: it may be a hard link to a file elsewhere
+/// or a symlink); a directory in the way is an error.
+fn create_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<File> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mode = Mode::from_raw_mode(0o600);
+    match rustix::fs::openat(dir, name, flags, mode) {
+        Ok(fd) => return Ok(File::from(fd)),
+        Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(e.into()),
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(path)?;
-    file.set_len(size).inspect_err(|_| {
-        let _ = fs::remove_file(path);
-    })
+    remove_non_dir(dir, name)?;
+    Ok(File::from(rustix::fs::openat(dir, name, flags, mode)?))
+}
+
+/// Removes a non-directory `name` of `dir`, if there is one; a directory is an error.
+fn remove_non_dir(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    match fsat::stat_at(dir, name) {
+        Ok(m) if m.is_dir() => Err(io::Error::other("a directory is in the way")),
+        Ok(_) => match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Applies owner (as root), mode and times on an open descriptor, in that order (a change
+/// of owner clears setuid bits, which the mode then sets if wanted).
+fn set_metadata(fd: BorrowedFd<'_>, node: &Node, policy: &Policy) -> io::Result<()> {
+    let (uid, gid, mode) = policy.owner_mode(node);
+    if uid.is_some() || gid.is_some() {
+        rustix::fs::fchown(fd, uid, gid)?;
+    }
+    rustix::fs::fchmod(fd, mode)?;
+    rustix::fs::futimens(fd, &fsat::times(node.mtime_ns))?;
+    Ok(())
+}
+
+/// Creates, writes and finishes a file of at most one chunk in one open. `data` is its
+/// chunk (`None`: no chunk, or an all-zero one: the file is one hole of its size). On
+/// failure nothing the restorer made is left.
+fn write_single(
+    dirs: &mut Dirs<'_>,
+    f: &PlannedFile,
+    data: Option<&[u8]>,
+    policy: &Policy,
+) -> io::Result<()> {
+    let dir = dirs.get(f.dir)?;
+    let file = create_at(dir, &f.name)?;
+    let r = (|| {
+        match data {
+            Some(d) => file.write_all_at(d, 0)?,
+            None if f.node.size > 0 => file.set_len(f.node.size)?,
+            None => {}
+        }
+        set_metadata(file.as_fd(), &f.node, policy)
+    })();
+    if r.is_err() {
+        let _ = rustix::fs::unlinkat(dir, f.name.as_slice(), AtFlags::empty());
+    }
+    r
+}
+
+/// Opens a file this restore created (a larger one) for writing, checking it is still
+/// the inode it created.
+fn reopen(dirs: &mut Dirs<'_>, f: &PlannedFile) -> io::Result<File> {
+    let Some(expected) = &f.created else {
+        return Err(io::Error::other("not created"));
+    };
+    let dir = dirs.get(f.dir)?;
+    let fd = rustix::fs::openat(
+        dir,
+        f.name.as_slice(),
+        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    if !fsat::fstat(fd.as_fd())?.same_inode(expected) {
+        return Err(fsat::replaced());
+    }
+    Ok(File::from(fd))
+}
+
+/// Sets a larger file's metadata once its content is written.
+fn finish_file(dirs: &mut Dirs<'_>, f: &PlannedFile, policy: &Policy) -> io::Result<()> {
+    let file = reopen(dirs, f)?;
+    set_metadata(file.as_fd(), &f.node, policy)
 }
 
 /// Reads the needed spans of one pack and writes its blobs wherever they belong.
+#[allow(clippy::too_many_arguments)]
 fn restore_pack(
     repo: &Repository,
     pack: &PackId,
     blobs: &[(BlobId, BlobLocation)],
     plan: &Plan,
+    dirs: &mut Dirs<'_>,
+    policy: &Policy,
     failures: &Mutex<Vec<(usize, String)>>,
     progress: &Progress,
 ) {
@@ -577,11 +874,11 @@ fn restore_pack(
     // A span is held in memory (twice while the backend copies it out) by each of the
     // readers, so it stays small; a blob larger than this is still read in one piece.
     const MAX_SPAN: u64 = 4 << 20;
-    let fail = |id: &BlobId, why: String| {
-        let mut f = failures.lock().unwrap_or_else(|p| p.into_inner());
-        for &(file, _) in plan.placements.get(id).into_iter().flatten() {
-            f.push((file, why.clone()));
-        }
+    let fail = |file: usize, why: String| {
+        failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((file, why));
     };
     let mut i = 0;
     while i < blobs.len() {
@@ -611,29 +908,32 @@ fn restore_pack(
             let data = match data {
                 Ok(d) => d,
                 Err(e) => {
-                    fail(id, e.to_string());
+                    for &(file, _) in plan.placements.get(id).into_iter().flatten() {
+                        fail(file, e.to_string());
+                    }
                     continue;
                 }
             };
             let zero = data.iter().all(|&b| b == 0);
             for &(file, offset) in plan.placements.get(id).into_iter().flatten() {
                 let f = &plan.files[file];
-                if !f.created {
+                if f.failed.is_some() {
                     continue;
                 }
-                if !zero {
-                    let r = OpenOptions::new()
-                        .write(true)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(&f.path)
-                        .and_then(|h| h.write_all_at(&data, offset));
-                    if let Err(e) = r {
-                        failures
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((file, format!("writing: {e}")));
-                        continue;
+                let r = if f.single {
+                    let r = write_single(dirs, f, (!zero).then_some(&data[..]), policy);
+                    if r.is_ok() {
+                        plan.finished[file].store(true, Ordering::Relaxed);
                     }
+                    r
+                } else if zero {
+                    Ok(())
+                } else {
+                    reopen(dirs, f).and_then(|h| h.write_all_at(&data, offset))
+                };
+                if let Err(e) = r {
+                    fail(file, format!("writing: {e}"));
+                    continue;
                 }
                 Progress::add(&progress.bytes_done, data.len() as u64);
             }
@@ -642,92 +942,155 @@ fn restore_pack(
     }
 }
 
-/// Creates a directory, or accepts an existing real directory; never follows a symlink.
-fn ensure_dir(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => return Ok(()),
-        Ok(_) => fs::remove_file(path).map_err(|e| Error::io(path, e))?,
-        Err(_) => {}
+/// Creates the directory `name` of `dir`, or accepts an existing real directory, and opens
+/// it; never follows a symlink (a non-directory in the way is unlinked and replaced). With
+/// `dev`, a directory on another device (a mount point) is refused.
+fn ensure_dir(dir: BorrowedFd<'_>, name: &[u8], dev: Option<u64>) -> io::Result<(OwnedFd, Meta)> {
+    let mode = Mode::from_raw_mode(0o700);
+    match rustix::fs::mkdirat(dir, name, mode) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(e.into()),
     }
-    fs::create_dir(path).map_err(|e| Error::io(path, e))
-}
-
-fn remove_non_dir(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Err(Error::io(
-            path,
-            std::io::Error::other("a directory is in the way"),
-        )),
-        Ok(_) => fs::remove_file(path).map_err(|e| Error::io(path, e)),
-        Err(_) => Ok(()),
+    let fd = match fsat::open_dir_at(dir, name) {
+        Ok(fd) => fd,
+        Err(e)
+            if matches!(
+                rustix::io::Errno::from_io_error(&e),
+                Some(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP)
+            ) =>
+        {
+            remove_non_dir(dir, name)?;
+            rustix::fs::mkdirat(dir, name, mode)?;
+            fsat::open_dir_at(dir, name)?
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = fsat::fstat(fd.as_fd())?;
+    if dev.is_some_and(|d| d != meta.dev) {
+        return Err(io::Error::other(
+            "a mount point of another file system; not restored into",
+        ));
     }
+    Ok((fd, meta))
 }
 
 /// Removes entries of `dir` that the snapshot's directory does not have.
-fn remove_extraneous(dir: &Path, nodes: &[Node]) -> Result<()> {
-    let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    for e in entries {
-        let e = e.map_err(|e| Error::io(dir, e))?;
-        let name = e.file_name();
+fn remove_extraneous(dir: BorrowedFd<'_>, path: &Path, nodes: &[Node]) -> Result<()> {
+    // A descriptor of its own, so the listing starts at the beginning.
+    let listing = rustix::io::fcntl_dupfd_cloexec(dir, 0)
+        .map_err(io::Error::from)
+        .and_then(|d| {
+            // The duplicate shares the position; rewinding it rewinds both, which is what
+            // we want.
+            rustix::fs::seek(&d, rustix::fs::SeekFrom::Start(0))?;
+            fsat::read_names(d.as_fd())
+        })
+        .map_err(|e| Error::io(path, e))?;
+    for name in listing {
         if nodes
-            .binary_search_by(|n| n.name.as_slice().cmp(name.as_bytes()))
+            .binary_search_by(|n| n.name.as_slice().cmp(&name))
             .is_err()
         {
-            let p = e.path();
-            let is_dir = fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir());
-            let r = if is_dir {
-                fs::remove_dir_all(&p)
-            } else {
-                fs::remove_file(&p)
-            };
-            r.map_err(|err| Error::io(&p, err))?;
+            let p = path.join(fsat::os(&name));
+            remove_tree(dir, &name, 0).map_err(|err| Error::io(&p, err))?;
         }
     }
     Ok(())
 }
 
-/// Creates a symlink, FIFO or device node; `Ok(false)` when skipped.
-fn create_special(path: &Path, node: &Node, root: bool) -> Result<bool> {
-    use nix::sys::stat::{mknod, Mode, SFlag};
-    remove_non_dir(path)?;
-    let mode = Mode::from_bits_truncate(node.mode & 0o7777);
-    match node.kind {
-        NodeKind::Symlink => {
-            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&node.symlink_target), path)
-                .map_err(|e| Error::io(path, e))?;
-            set_metadata(path, node, root, true)?;
-            return Ok(true);
-        }
-        NodeKind::Fifo => nix::unistd::mkfifo(path, mode).map_err(|e| Error::io(path, e.into()))?,
-        NodeKind::CharDevice | NodeKind::BlockDevice if root => {
-            let kind = if node.kind == NodeKind::CharDevice {
-                SFlag::S_IFCHR
-            } else {
-                SFlag::S_IFBLK
-            };
-            mknod(path, kind, mode, node.rdev).map_err(|e| Error::io(path, e.into()))?;
-        }
-        _ => return Ok(false),
+/// Removes `name` of `dir` and, if it is a directory, everything in it, relative to open
+/// descriptors and never following a symlink.
+fn remove_tree(dir: BorrowedFd<'_>, name: &[u8], depth: usize) -> io::Result<()> {
+    let meta = match fsat::stat_at(dir, name) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        return match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
     }
-    set_metadata(path, node, root, false)?;
-    Ok(true)
+    if depth >= MAX_DEPTH {
+        return Err(io::Error::other(format!(
+            "directories nest deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    let sub = fsat::open_dir_verified(dir, name, &meta)?;
+    for child in fsat::read_names(sub.as_fd())? {
+        remove_tree(sub.as_fd(), &child, depth + 1)?;
+    }
+    Ok(rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?)
 }
 
-/// Applies owner (as root), mode and mtime.
-fn set_metadata(path: &Path, node: &Node, root: bool, symlink: bool) -> Result<()> {
-    if root {
-        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))
-            .map_err(|e| Error::io(path, e))?;
+/// Links `to` (directory index, name) to the restored file at `from`.
+fn hard_link(dirs: &mut Dirs<'_>, from: (usize, &[u8]), to: (usize, &[u8])) -> io::Result<()> {
+    // Two descriptors at once: the source's is duplicated out of the cache.
+    let src = rustix::io::fcntl_dupfd_cloexec(dirs.get(from.0)?, 0)?;
+    let dst = dirs.get(to.0)?;
+    remove_non_dir(dst, to.1)?;
+    Ok(rustix::fs::linkat(
+        &src,
+        from.1,
+        dst,
+        to.1,
+        AtFlags::empty(),
+    )?)
+}
+
+/// Creates a symlink, FIFO or device node `node` as `name` of `dir`; `Ok(false)` when
+/// skipped (sockets; device nodes without root or under the restricted policy).
+fn create_special(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    node: &Node,
+    policy: &Policy,
+) -> io::Result<bool> {
+    let kind = match node.kind {
+        NodeKind::Symlink => {
+            remove_non_dir(dir, name)?;
+            rustix::fs::symlinkat(node.symlink_target.as_slice(), dir, name)?;
+            let (uid, gid, _) = policy.owner_mode(node);
+            if uid.is_some() || gid.is_some() {
+                rustix::fs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
+            }
+            rustix::fs::utimensat(
+                dir,
+                name,
+                &fsat::times(node.mtime_ns),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+            return Ok(true);
+        }
+        NodeKind::Fifo => rustix::fs::FileType::Fifo,
+        NodeKind::CharDevice if policy.root && !policy.restricted => {
+            rustix::fs::FileType::CharacterDevice
+        }
+        NodeKind::BlockDevice if policy.root && !policy.restricted => {
+            rustix::fs::FileType::BlockDevice
+        }
+        _ => return Ok(false),
+    };
+    remove_non_dir(dir, name)?;
+    let rdev = if kind == rustix::fs::FileType::Fifo {
+        0
+    } else {
+        node.rdev
+    };
+    rustix::fs::mknodat(dir, name, kind, Mode::from_raw_mode(0o600), rdev)?;
+    // Owner, mode and times through an O_PATH handle checked to be what was just made:
+    // opening a FIFO or device for I/O could block or have effects, and the path-based
+    // calls would follow a symlink swapped in.
+    let fd = fsat::open_path_at(dir, name)?;
+    let meta = fsat::fstat(fd.as_fd())?;
+    if meta.file_type() != kind || meta.rdev != rdev {
+        return Err(fsat::replaced());
     }
-    if !symlink {
-        fs::set_permissions(path, fs::Permissions::from_mode(node.mode & 0o7777))
-            .map_err(|e| Error::io(path, e))?;
+    let (uid, gid, mode) = policy.owner_mode(node);
+    if uid.is_some() || gid.is_some() {
+        rustix::fs::chownat(&fd, "", uid, gid, AtFlags::EMPTY_PATH)?;
     }
-    // utimensat(AT_SYMLINK_NOFOLLOW): never opens the entry (opening a FIFO would block)
-    // and never follows a symlink.
-    let mtime = FileTime::from_unix_time(
-        node.mtime_ns.div_euclid(1_000_000_000),
-        node.mtime_ns.rem_euclid(1_000_000_000) as u32,
-    );
-    filetime::set_symlink_file_times(path, mtime, mtime).map_err(|e| Error::io(path, e))
+    fsat::chmod_times_path_fd(fd.as_fd(), mode.as_raw_mode(), node.mtime_ns)?;
+    Ok(true)
 }

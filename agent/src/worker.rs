@@ -11,18 +11,26 @@
 //! - [`repo`]: repository settings from a BackupRepository and its Secrets, open-or-init;
 //! - [`execute`]: the executor bodies [`execute::execute_backup`] and
 //!   [`execute::execute_restore`], plain blocking functions taking objects already fetched;
-//! - [`api`]: the thin Kubernetes seam (watch, claim, status patches, events, concurrency);
+//! - [`outcome`]: failure reasons (one enum), result classes and the report both return;
+//! - the thin Kubernetes seam, by concern: [`agent`] (process state, node-scoped watches,
+//!   start-up), [`operation`] (one decide → claim → run → finish path for both kinds),
+//!   [`status`] (claim, status patches, finalizer), [`prepare`] (reads before a run and the
+//!   coordinated first use of a repository);
 //! - [`metrics`]: Prometheus metrics and the `/metrics` + `/healthz` server;
 //! - [`restore_wait`]: the `podvault restore-wait` init-container mode.
 //!
 //! The engine knows nothing of this module; this module only calls the engine's public API.
 
-pub mod api;
+pub mod agent;
 pub mod decide;
 pub mod execute;
 pub mod metrics;
+pub mod operation;
+pub mod outcome;
+pub mod prepare;
 pub mod repo;
 pub mod restore_wait;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -95,7 +103,7 @@ pub fn agent_command(args: &AgentArgs) -> crate::Result<u8> {
         Ok(rt) => rt,
         Err(e) => return Err(crate::Error::io("<tokio runtime>", e)),
     };
-    match rt.block_on(api::run(args.clone())) {
+    match rt.block_on(agent::run(args.clone())) {
         Ok(()) => Ok(crate::cli::EXIT_OK),
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -12,14 +12,13 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
 use podvault::progress::Progress;
 use podvault::repository::Repository;
-use podvault::worker::decide::{claimed, CommonStatus};
+use podvault::worker::decide::claimed;
 use podvault::worker::execute::{
-    execute_backup, execute_restore, result, BackupJob, NodeSettings, RestoreJob,
+    execute_backup, execute_restore, BackupJob, NodeSettings, RestoreJob,
 };
+use podvault::worker::outcome::{OpResult, Reason};
 use podvault::worker::repo::{settings, RepoSettings};
-use podvault_proto::crd::{
-    Phase, PodVolumeBackup, PodVolumeBackupStatus, PodVolumeRestore, PodVolumeRestoreStatus,
-};
+use podvault_proto::crd::{OperationStatus, Phase, PodVolumeBackup, PodVolumeRestore};
 use podvault_proto::k8s::VolumePolicy;
 use rand::{RngCore, SeedableRng};
 
@@ -139,41 +138,19 @@ fn repo_settings(backend_yaml: &str, creds: Option<(&str, &str)>) -> RepoSetting
     settings("default", &spec, &pw, creds.as_ref()).unwrap()
 }
 
-fn claimed_backup() -> PodVolumeBackupStatus {
-    let c = claimed(
-        &CommonStatus::default(),
+fn claimed_backup() -> OperationStatus {
+    claimed(
+        &OperationStatus::default(),
         NODE,
         "agent-test",
         &now(),
         false,
         None,
-    );
-    PodVolumeBackupStatus {
-        phase: c.phase,
-        node: c.node,
-        agent: c.agent,
-        start_timestamp: c.start_timestamp,
-        message: c.message,
-        ..Default::default()
-    }
+    )
 }
 
-fn claimed_restore() -> PodVolumeRestoreStatus {
-    let c = claimed(
-        &CommonStatus::default(),
-        NODE,
-        "agent-test",
-        &now(),
-        false,
-        None,
-    );
-    PodVolumeRestoreStatus {
-        phase: c.phase,
-        node: c.node,
-        agent: c.agent,
-        start_timestamp: c.start_timestamp,
-        ..Default::default()
-    }
+fn claimed_restore() -> OperationStatus {
+    claimed_backup()
 }
 
 fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
@@ -213,7 +190,7 @@ fn round_trip(repo: RepoSettings) {
     let first = execute_backup(&job, &claimed_backup(), &progress, &AtomicBool::new(false));
     let st = &first.status;
     assert_eq!(st.phase, Some(Phase::Completed), "{:?}", st.message);
-    assert_eq!(first.result, result::COMPLETED);
+    assert_eq!(first.result, OpResult::Completed);
     assert_eq!(st.series.as_deref(), Some("shop/pvc/data-web-0"));
     assert_eq!(
         st.host_path.as_deref(),
@@ -386,7 +363,7 @@ fn round_trip(repo: RepoSettings) {
         &AtomicBool::new(false),
     );
     assert_eq!(rep4.status.phase, Some(Phase::Failed));
-    assert_eq!(rep4.reason, "isolation");
+    assert_eq!(rep4.reason, Some(Reason::Isolation));
     let msg = rep4.status.message.unwrap();
     assert!(
         msg.contains("was taken in namespace shop, but the restore is in namespace other"),
@@ -485,7 +462,7 @@ spec:
         &AtomicBool::new(false),
     );
     assert_eq!(r.status.phase, Some(Phase::Failed));
-    assert_eq!(r.reason, "volume");
+    assert_eq!(r.reason, Some(Reason::Volume));
     assert!(r.status.message.unwrap().contains("is a secret volume"));
     job.spec.volume = "scratch".into();
     let r = execute_backup(
@@ -508,7 +485,99 @@ spec:
         &Progress::default(),
         &AtomicBool::new(false),
     );
-    assert_eq!(r.reason, "invalid_spec");
+    assert_eq!(r.reason, Some(Reason::InvalidSpec));
     assert!(r.status.message.unwrap().starts_with("spec.retention: "));
     let _ = Duration::ZERO;
+}
+
+/// The first scheduled tick of a two-volume pod: both backups reach a repository that does not
+/// exist yet at the same moment. Both must complete, into one repository with one key.
+fn two_backups_of_a_fresh_repository_at_once(repo: RepoSettings, rounds: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("kubelet");
+    let node = NodeSettings {
+        node: NODE.into(),
+        kubelet_root: root.clone(),
+        policy: VolumePolicy::default(),
+    };
+    let pods = ["a", "b"].map(|n| {
+        let uid = format!("uid-{n}");
+        let pvname = format!("pvc-{n}");
+        seed(&volume_dir(&root, &uid, &pvname));
+        (
+            pod(&format!("web-{n}"), &uid, &format!("data-web-{n}")),
+            pv(&pvname, &format!("data-web-{n}")),
+        )
+    });
+    for round in 0..rounds {
+        let mut repo = repo.clone();
+        match &mut repo.location {
+            podvault::backend::Location::Fs(p) => *p = tmp.path().join(format!("repo-{round}")),
+            podvault::backend::Location::S3(s) => s.prefix = format!("{}/{round}", s.prefix),
+        }
+        let reports: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = pods
+                .iter()
+                .map(|(p, v)| {
+                    let job = BackupJob {
+                        namespace: "shop".into(),
+                        spec: serde_yaml::from_str("{pod: web, volume: data}").unwrap(),
+                        pod: p.clone(),
+                        pv: Some(v.clone()),
+                        repo: repo.clone(),
+                        node: node.clone(),
+                    };
+                    scope.spawn(move || {
+                        execute_backup(
+                            &job,
+                            &claimed_backup(),
+                            &Progress::default(),
+                            &AtomicBool::new(false),
+                        )
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in &reports {
+            assert_eq!(
+                r.status.phase,
+                Some(Phase::Completed),
+                "round {round}: {:?}",
+                r.status.message
+            );
+        }
+        let opened = Repository::open(&repo.location, &repo.password).unwrap();
+        assert_eq!(
+            opened.keys().unwrap().len(),
+            1,
+            "round {round}: one key file"
+        );
+        assert_eq!(opened.snapshots().unwrap().len(), 2, "round {round}");
+    }
+}
+
+#[test]
+fn first_tick_of_a_two_volume_pod_on_a_fresh_fs_repository() {
+    let repo = repo_settings("{fs: {path: /placeholder}}", None);
+    two_backups_of_a_fresh_repository_at_once(repo, 5);
+}
+
+#[test]
+fn first_tick_of_a_two_volume_pod_on_a_fresh_s3_repository() {
+    let Ok(endpoint) = std::env::var("PODVAULT_TEST_S3_ENDPOINT") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "PODVAULT_TEST_S3_ENDPOINT must be set in CI (tests/run.sh starts the S3 server)"
+        );
+        eprintln!("skipped: PODVAULT_TEST_S3_ENDPOINT not set (run tests/run.sh)");
+        return;
+    };
+    let bucket = std::env::var("PODVAULT_TEST_S3_BUCKET").unwrap();
+    let prefix = format!("worker-first-tick-{}", std::process::id());
+    let repo = repo_settings(
+        &format!("{{s3: {{endpoint: '{endpoint}', bucket: {bucket}, prefix: {prefix}, pathStyle: true}}}}"),
+        Some(("podvault-test", "podvault-test")),
+    );
+    two_backups_of_a_fresh_repository_at_once(repo, 3);
 }

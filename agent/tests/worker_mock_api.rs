@@ -1,15 +1,21 @@
 //! Request sequences the agent makes, against kube's tower-test mock service (there is no API
-//! server here; this is the thin seam). Each test plays the API server for one sequence and
+//! server here; this is the thin seam — the real one is exercised by `tests/tests/e2e_cluster.rs`
+//! when `PODVAULT_E2E_KUBECONFIG` is set). Each test plays the API server for one sequence and
 //! then drops the mock, so an unexpected extra request fails the test.
 
 use std::sync::Arc;
 
 use http::{Method, Request, Response};
+use k8s_openapi::api::core::v1::Pod;
 use kube::client::Body;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector;
+use kube::runtime::watcher;
 use kube::{Api, Client};
-use podvault::worker::api::{claim, patch_status, reconcile, Agent};
+use podvault::worker::agent::{Agent, Running};
 use podvault::worker::metrics::AgentMetrics;
+use podvault::worker::operation::reconcile;
+use podvault::worker::status::{claim, patch_status};
 use podvault::worker::AgentArgs;
 use podvault_proto::crd::{PodVolumeBackup, Progress};
 use serde_json::{json, Value};
@@ -78,7 +84,20 @@ fn pvb(status: Value) -> PodVolumeBackup {
     .unwrap()
 }
 
-fn agent() -> (Arc<Agent>, MockHandle) {
+fn pod_on(node: &str) -> Pod {
+    serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "shop", "uid": "u"},
+        "spec": {"nodeName": node, "containers": [{"name": "c"}]},
+        "status": {"phase": "Running"}}))
+    .unwrap()
+}
+
+/// An agent on node-a whose node pod cache holds `pods`.
+fn agent_with(pods: Vec<Pod>) -> (Arc<Agent>, MockHandle) {
+    let (store, mut writer) = reflector::store();
+    for p in pods {
+        writer.apply_watcher_event(&watcher::Event::Apply(p));
+    }
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let args = AgentArgs {
@@ -94,9 +113,19 @@ fn agent() -> (Arc<Agent>, MockHandle) {
         mount_wait_secs: 0,
     };
     (
-        Arc::new(Agent::new(client, &args, AgentMetrics::new().unwrap())),
+        Arc::new(Agent::new(
+            client,
+            &args,
+            AgentMetrics::new().unwrap(),
+            store,
+        )),
         handle,
     )
+}
+
+/// An agent on node-a whose pod cache is empty.
+fn agent() -> (Arc<Agent>, MockHandle) {
+    agent_with(Vec::new())
 }
 
 /// Answers an event publication (any events.k8s.io request).
@@ -144,19 +173,9 @@ async fn claim_sends_the_resource_version_and_wins_or_sees_a_conflict() {
 
 #[tokio::test]
 async fn new_backup_on_this_node_is_claimed_with_precondition_and_conflict_leaves_it() {
-    let (ctx, mut handle) = agent();
+    // The pod is in this node's pod cache: the claim is the first and only request.
+    let (ctx, mut handle) = agent_with(vec![pod_on("node-a")]);
     let server = tokio::spawn(async move {
-        let call = next(&mut handle).await;
-        assert_eq!(call.method, Method::GET);
-        assert_eq!(call.path, "/api/v1/namespaces/shop/pods/web-0");
-        respond(
-            call.send,
-            200,
-            &json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "web-0", "namespace": "shop", "uid": "u"},
-            "spec": {"nodeName": "node-a", "containers": [{"name": "c"}]},
-            "status": {"phase": "Running"}}),
-        );
         let call = next(&mut handle).await;
         assert_eq!(call.method, Method::PUT);
         assert_eq!(call.path, format!("{PVBS}/web-0-data-x/status"));
@@ -178,6 +197,7 @@ async fn new_backup_on_this_node_is_claimed_with_precondition_and_conflict_leave
 
 #[tokio::test]
 async fn backup_of_a_pod_on_another_node_is_left_alone() {
+    // Not in this node's cache: one GET tells where it is, and that is all.
     let (ctx, mut handle) = agent();
     let server = tokio::spawn(async move {
         let call = next(&mut handle).await;
@@ -215,6 +235,7 @@ async fn missing_pod_fails_the_backup_through_a_claim() {
         assert_eq!(call.body["metadata"]["resourceVersion"], "7");
         assert_eq!(call.body["status"]["phase"], "Failed");
         assert_eq!(call.body["status"]["message"], "pod shop/web-0 not found");
+        assert_eq!(call.body["status"]["reason"], "pod_not_found");
         respond(call.send, 200, &call.body);
         expect_event(&mut handle, "Failed").await;
     });
@@ -305,5 +326,138 @@ async fn progress_is_a_merge_patch_of_the_status_subresource() {
     )
     .await
     .unwrap();
+    server.await.unwrap();
+}
+
+fn finalized(mut v: Value) -> Value {
+    v["metadata"]["finalizers"] = json!(["podvault.dev/cancel-on-delete"]);
+    v
+}
+
+fn status_of(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "reason": reason, "code": code, "message": reason})
+}
+
+#[tokio::test]
+async fn one_path_claim_finalizer_run_final_status_release() {
+    // A user-created PVB without the finalizer: claim, add the finalizer (resourceVersion
+    // precondition), Started event, the pod from the node's cache (no request; it has no such
+    // volume here), final status with the reason, Failed event, finalizer released.
+    let (ctx, mut handle) = agent_with(vec![pod_on("node-a")]);
+    let server = tokio::spawn(async move {
+        let call = next(&mut handle).await;
+        assert_eq!(call.method, Method::PUT);
+        assert_eq!(call.path, format!("{PVBS}/web-0-data-x/status"));
+        let mut claimed = call.body.clone();
+        claimed["metadata"]["resourceVersion"] = json!("8");
+        respond(call.send, 200, &claimed);
+
+        let call = next(&mut handle).await;
+        assert_eq!(call.method, Method::PATCH);
+        assert_eq!(call.path, format!("{PVBS}/web-0-data-x"));
+        assert_eq!(call.content_type, "application/merge-patch+json");
+        assert_eq!(call.body["metadata"]["resourceVersion"], "8");
+        assert_eq!(
+            call.body["metadata"]["finalizers"],
+            json!(["podvault.dev/cancel-on-delete"])
+        );
+        let mut with_finalizer = finalized(claimed.clone());
+        with_finalizer["metadata"]["resourceVersion"] = json!("9");
+        respond(call.send, 200, &with_finalizer);
+
+        expect_event(&mut handle, "Started").await;
+        let call = next(&mut handle).await;
+        assert_eq!(call.method, Method::PATCH);
+        assert_eq!(call.path, format!("{PVBS}/web-0-data-x/status"));
+        assert_eq!(call.body["status"]["phase"], "Failed");
+        assert_eq!(call.body["status"]["reason"], "volume");
+        assert_eq!(
+            call.body["status"]["message"],
+            "pod shop/web-0 has no volume \"data\" (its volumes: none)"
+        );
+        let mut done = with_finalizer.clone();
+        done["status"] = call.body["status"].clone();
+        done["metadata"]["resourceVersion"] = json!("10");
+        respond(call.send, 200, &done);
+
+        expect_event(&mut handle, "Failed").await;
+        let call = next(&mut handle).await;
+        assert_eq!(call.method, Method::PATCH);
+        assert_eq!(call.path, format!("{PVBS}/web-0-data-x"));
+        assert_eq!(call.body["metadata"]["resourceVersion"], "10");
+        assert_eq!(call.body["metadata"]["finalizers"], json!([]));
+        respond(call.send, 200, &done);
+    });
+    reconcile(Arc::new(pvb(json!(null))), ctx.clone())
+        .await
+        .unwrap();
+    server.await.unwrap();
+    // The run has ended and freed its slot.
+    for _ in 0..100 {
+        if ctx.slots.available_permits() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(ctx.slots.available_permits(), 2);
+    let m = ctx.metrics.render();
+    assert!(
+        m.contains(r#"podvault_agent_operation_errors_total{kind="backup",reason="volume"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_running_operation_cancels_it_without_a_request() {
+    let (ctx, handle) = agent();
+    let run = Running {
+        cancel: Default::default(),
+        deleted: Default::default(),
+    };
+    ctx.set_running("pvb-uid", Some(run.clone()));
+    let mut obj = finalized(
+        serde_json::to_value(pvb(json!({"phase": "InProgress", "node": "node-a"}))).unwrap(),
+    );
+    obj["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let obj: PodVolumeBackup = serde_json::from_value(obj).unwrap();
+    assert_eq!(
+        reconcile(Arc::new(obj), ctx).await.unwrap(),
+        Action::await_change()
+    );
+    drop(handle);
+    assert!(run.cancel.load(std::sync::atomic::Ordering::Relaxed));
+    assert!(run.deleted.load(std::sync::atomic::Ordering::Relaxed));
+}
+
+#[tokio::test]
+async fn a_deleted_operation_nobody_runs_is_released() {
+    let (ctx, mut handle) = agent();
+    let server = tokio::spawn(async move {
+        let call = next(&mut handle).await;
+        assert_eq!(call.method, Method::PATCH);
+        assert_eq!(call.path, format!("{PVBS}/web-0-data-x"));
+        assert_eq!(call.body["metadata"]["resourceVersion"], "7");
+        assert_eq!(call.body["metadata"]["finalizers"], json!([]));
+        respond(call.send, 409, &conflict());
+        // Conflict: read again and retry with the new version.
+        let call = next(&mut handle).await;
+        assert_eq!(call.method, Method::GET);
+        let mut fresh = finalized(
+            serde_json::to_value(pvb(json!({"phase": "InProgress", "node": "node-a"}))).unwrap(),
+        );
+        fresh["metadata"]["resourceVersion"] = json!("12");
+        respond(call.send, 200, &fresh);
+        let call = next(&mut handle).await;
+        assert_eq!(call.body["metadata"]["resourceVersion"], "12");
+        assert_eq!(call.body["metadata"]["finalizers"], json!([]));
+        respond(call.send, 200, &fresh);
+    });
+    let mut obj = finalized(
+        serde_json::to_value(pvb(json!({"phase": "InProgress", "node": "node-a"}))).unwrap(),
+    );
+    obj["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let obj: PodVolumeBackup = serde_json::from_value(obj).unwrap();
+    reconcile(Arc::new(obj), ctx).await.unwrap();
     server.await.unwrap();
 }

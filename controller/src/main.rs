@@ -4,6 +4,7 @@
 //! and `/metrics`), then the pod controller and the history sweep. Losing the lease ends the
 //! process so it restarts as a follower.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,32 +13,61 @@ use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use podvault_controller::lease::try_acquire_or_renew;
 use podvault_controller::metrics::Metrics;
+use podvault_controller::operations::{reconcile_route, route_error_policy, RouteContext, Routed};
 use podvault_controller::options::ControllerOptions;
 use podvault_controller::plan::MANAGER;
 use podvault_controller::reconciler::{error_policy, reconcile, sweep, Context};
 use podvault_controller::schedule::Schedule;
 use podvault_controller::server;
+use podvault_proto::crd::{PodVolumeBackup, PodVolumeRestore};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+/// Sets up logging to stderr: `RUST_LOG` filters (default `info`); plain text with colours
+/// only on a terminal, or one JSON object per line.
+fn init_logging(format: &str) {
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .init();
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().with_current_span(false).init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // One TLS provider for the process (see the agent's `tls` module for why).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let opts = ControllerOptions::parse();
+    init_logging(&opts.log_format);
     Schedule::parse(&opts.default_schedule).context("--default-schedule")?;
     let metrics = Metrics::new()?;
     let mut server = tokio::spawn(server::serve(opts.metrics_addr, metrics.clone()));
 
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .context("connecting to the Kubernetes API")?;
+        .context("loading the Kubernetes client configuration (in-cluster or KUBECONFIG)")?;
+    let url = config.cluster_url.clone();
+    let client = Client::try_from(config)
+        .with_context(|| format!("creating the Kubernetes client for {url}"))?;
+    Api::<PodVolumeBackup>::all(client.clone())
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .with_context(|| {
+            format!(
+                "Kubernetes API at {url}: listing PodVolumeBackups (is the API server \
+                 reachable, are the CRDs installed, and does the controller's ServiceAccount \
+                 have the shipped RBAC?)"
+            )
+        })?;
     let identity = opts
         .identity
         .clone()
@@ -99,6 +129,18 @@ async fn main() -> anyhow::Result<()> {
             }
         });
 
+    // Node routing of user-created objects and the finalizer's safety net.
+    let route_ctx = Arc::new(RouteContext {
+        client: client.clone(),
+        pods: store.clone(),
+        clock: Arc::new(chrono::Utc::now),
+        finalizer_timeout: Duration::from_secs(opts.finalizer_timeout_secs),
+    });
+    let routes = futures::future::join(
+        run_routes::<PodVolumeBackup>(client.clone(), route_ctx.clone()),
+        run_routes::<PodVolumeRestore>(client.clone(), route_ctx),
+    );
+
     let sweep_ctx = ctx.clone();
     let sweep_every = Duration::from_secs(opts.sweep_interval_secs.max(1));
     let sweeper = async move {
@@ -131,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
 
     tokio::select! {
         _ = run => tracing::info!("controller stopped"),
+        _ = routes => tracing::info!("routing stopped"),
         _ = sweeper => {}
         why = renewer => {
             metrics.leader.set(0);
@@ -139,4 +182,17 @@ async fn main() -> anyhow::Result<()> {
         r = &mut server => bail!("metrics server stopped: {r:?}"),
     }
     Ok(())
+}
+
+/// Runs the routing controller of kind `K` (see `podvault_controller::operations`).
+async fn run_routes<K: Routed>(client: Client, ctx: Arc<RouteContext>) {
+    Controller::new(Api::<K>::all(client), watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile_route::<K>, route_error_policy::<K>, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "routing");
+            }
+        })
+        .await;
 }

@@ -56,6 +56,19 @@ pub struct ControllerOptions {
     /// Lease duration in seconds; renewed every third of it.
     #[arg(long, env = "PODVAULT_LEASE_DURATION", default_value_t = 15)]
     pub lease_duration_secs: u32,
+    /// Seconds a deleted PodVolumeBackup/Restore that is still InProgress may wait for its
+    /// agent to stop it before the controller removes the agent's finalizer anyway (the
+    /// agent is gone, or its node is down).
+    #[arg(long, env = "PODVAULT_FINALIZER_TIMEOUT", default_value_t = 300)]
+    pub finalizer_timeout_secs: u64,
+    /// Log format: `text` (no colours unless on a terminal) or `json` (one object per line).
+    #[arg(
+        long,
+        env = "PODVAULT_LOG_FORMAT",
+        default_value = "text",
+        value_parser = ["text", "json"]
+    )]
+    pub log_format: String,
     /// Seconds between history/metrics sweeps.
     #[arg(long, env = "PODVAULT_SWEEP_INTERVAL", default_value_t = 60)]
     pub sweep_interval_secs: u64,

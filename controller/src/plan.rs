@@ -19,8 +19,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::ObjectMeta;
 use podvault_proto::crd::{PodVolumeBackup, PodVolumeBackupSpec};
 use podvault_proto::k8s::{
-    self, classify_volume, find_volume, Series, VolumeError, VolumePolicy, ANNOTATION_SERIES,
-    ANNOTATION_TICK, LABEL_MANAGED_BY, LABEL_SERIES, LABEL_SERIES_KIND,
+    self, classify_volume, find_volume, node_label_value, Series, VolumeError, VolumePolicy,
+    ANNOTATION_SERIES, ANNOTATION_TICK, FINALIZER, LABEL_MANAGED_BY, LABEL_NODE, LABEL_SERIES,
+    LABEL_SERIES_KIND,
 };
 use podvault_proto::retention::ParseRetentionError;
 
@@ -239,10 +240,16 @@ fn backup_object(
     excludes: Vec<String>,
     retention: Option<String>,
 ) -> PodVolumeBackup {
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or_default();
     let labels = [
         (LABEL_SERIES, series.hash()),
         (LABEL_SERIES_KIND, series.kind().to_string()),
         (LABEL_MANAGED_BY, MANAGER.to_string()),
+        (LABEL_NODE, node_label_value(node)),
     ];
     let annotations = [
         (ANNOTATION_SERIES, series.key()),
@@ -267,6 +274,7 @@ fn backup_object(
                     .map(|(k, v)| (k.to_string(), v))
                     .collect(),
             ),
+            finalizers: Some(vec![FINALIZER.to_string()]),
             ..Default::default()
         },
         spec: PodVolumeBackupSpec {

@@ -245,14 +245,28 @@ fn rbac_is_least_privilege() {
     assert_eq!(secrets.metadata.namespace.as_deref(), Some("podvault"));
     let rule = &secrets.rules.unwrap()[0];
     assert_eq!(rule.verbs, vec!["get"]);
-    // The agent writes only the status of PVBs/PVRs, never their spec.
+    // The agent writes the status of PVBs/PVRs/BackupRepositories; on the objects themselves
+    // it may only patch (its finalizer), never update, create or delete them.
     let agent: ClusterRole = manifest("10-rbac.yaml", "ClusterRole", "podvault-agent");
     for rule in agent.rules.unwrap() {
-        let writes = rule.verbs.iter().any(|v| v == "update" || v == "patch");
         let resources = rule.resources.unwrap_or_default();
-        if writes && rule.api_groups.as_deref() == Some(&["podvault.dev".to_string()][..]) {
+        if rule.api_groups.as_deref() != Some(&["podvault.dev".to_string()][..]) {
+            continue;
+        }
+        if resources.iter().all(|r| r.ends_with("/status")) {
+            continue;
+        }
+        for v in &rule.verbs {
             assert!(
-                resources.iter().all(|r| r.ends_with("/status")),
+                ["get", "list", "watch", "patch"].contains(&v.as_str()),
+                "agent may {v} {resources:?}"
+            );
+        }
+        if rule.verbs.iter().any(|v| v == "patch") {
+            assert!(
+                resources
+                    .iter()
+                    .all(|r| r == "podvolumebackups" || r == "podvolumerestores"),
                 "{resources:?}"
             );
         }

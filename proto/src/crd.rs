@@ -122,7 +122,7 @@ impl Progress {
     shortname = "pvb",
     category = "podvault",
     namespaced,
-    status = "PodVolumeBackupStatus",
+    status = "OperationStatus",
     derive = "PartialEq",
     derive = "Default",
     doc = "Backs up one volume of one pod (in this namespace) into a podvault repository, once.",
@@ -136,7 +136,7 @@ impl Progress {
         json_path = ".status.progress.percent",
         description = "percent of bytes done"
     ),
-    printcolumn(name = "Snapshot", type_ = "string", json_path = ".status.snapshotId"),
+    printcolumn(name = "Snapshot", type_ = "string", json_path = ".status.snapshot"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -169,48 +169,71 @@ pub struct PodVolumeBackupSpec {
     pub cancel: bool,
 }
 
-/// Observed state of a [`PodVolumeBackup`], written only by the agent that claimed it.
+/// Observed state of a [`PodVolumeBackup`] (the status both operation kinds share).
+pub type PodVolumeBackupStatus = OperationStatus;
+
+/// Observed state of a PodVolumeBackup or PodVolumeRestore, written only by the agent that
+/// claimed it. Both kinds share this one type; fields that belong to one kind say so.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct PodVolumeBackupStatus {
-    /// Where the backup is in its life; New when absent.
+pub struct OperationStatus {
+    /// Where the operation is in its life; New when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
-    /// Node whose agent claimed the backup.
+    /// Node whose agent claimed the operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// Identity of the agent instance (its pod name) that claimed the backup.
+    /// Identity of the agent instance (its pod name) that claimed the operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
-    /// Volume directory on the node that was read.
+    /// Volume directory on the node that was read (backup) or written (restore).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_path: Option<String>,
-    /// Series the snapshot belongs to (`<namespace>/pod/<pod>/<volume>` or
+    /// Backups: series the snapshot belongs to (`<namespace>/pod/<pod>/<volume>` or
     /// `<namespace>/pvc/<claim>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub series: Option<String>,
-    /// Id of the snapshot written (set on Completed).
+    /// Id of the snapshot written (backup, on Completed) or restored (restore; resolved when
+    /// `latest` was asked for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<String>,
+    /// The first 8 hex digits of `snapshotId`, as `podvault snapshots` shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
     /// Bytes and files done so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
-    /// Bytes of new (deduplicated, compressed) data added to the repository.
+    /// Backups: bytes of new (deduplicated, compressed) data added to the repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_added: Option<u64>,
-    /// When the agent claimed the backup.
+    /// Restores: files written into the volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_restored: Option<u64>,
+    /// When the agent claimed the operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_timestamp: Option<Time>,
-    /// When the backup reached a final phase.
+    /// When the operation reached a final phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_timestamp: Option<Time>,
     /// Human-readable detail; on Failed, the precise error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// On Failed or Canceled: a stable, machine-readable reason (`pod_not_found`,
+    /// `wrong_password`, `deleted`, …), the same as the agent's error metric label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Standard conditions, keyed by type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+impl OperationStatus {
+    /// Sets `snapshotId` and its short form together.
+    pub fn set_snapshot(&mut self, id: &str) {
+        self.snapshot_id = Some(id.to_string());
+        self.snapshot = Some(id.chars().take(8).collect());
+    }
 }
 
 /// How a restore treats files already in the target volume.
@@ -276,7 +299,7 @@ impl SnapshotSelector {
     shortname = "pvr",
     category = "podvault",
     namespaced,
-    status = "PodVolumeRestoreStatus",
+    status = "OperationStatus",
     derive = "PartialEq",
     derive = "Default",
     doc = "Restores a podvault snapshot into one volume of one pod (in this namespace).",
@@ -290,7 +313,7 @@ impl SnapshotSelector {
         json_path = ".status.progress.percent",
         description = "percent of bytes done"
     ),
-    printcolumn(name = "Snapshot", type_ = "string", json_path = ".status.snapshotId"),
+    printcolumn(name = "Snapshot", type_ = "string", json_path = ".status.snapshot"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -322,45 +345,8 @@ pub struct PodVolumeRestoreSpec {
     pub cancel: bool,
 }
 
-/// Observed state of a [`PodVolumeRestore`], written only by the agent that claimed it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PodVolumeRestoreStatus {
-    /// Where the restore is in its life; New when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<Phase>,
-    /// Node whose agent claimed the restore.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    /// Identity of the agent instance (its pod name) that claimed the restore.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent: Option<String>,
-    /// Volume directory on the node that was written.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_path: Option<String>,
-    /// Id of the snapshot restored (resolved when `latest` was asked for).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot_id: Option<String>,
-    /// Bytes and files done so far.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progress: Option<Progress>,
-    /// Files written into the volume.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub files_restored: Option<u64>,
-    /// When the agent claimed the restore.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_timestamp: Option<Time>,
-    /// When the restore reached a final phase.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_timestamp: Option<Time>,
-    /// Human-readable detail; on Failed, the precise error.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// Standard conditions, keyed by type.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
-    pub conditions: Vec<Condition>,
-}
+/// Observed state of a [`PodVolumeRestore`] (the status both operation kinds share).
+pub type PodVolumeRestoreStatus = OperationStatus;
 
 /// An S3 (or S3-compatible) location.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -381,6 +367,10 @@ pub struct S3Backend {
     /// Use path-style requests (`endpoint/bucket/key`), as most self-hosted servers need.
     #[serde(default)]
     pub path_style: bool,
+    /// PEM CA certificates trusted for an HTTPS endpoint besides the system's roots (a
+    /// private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
 }
 
 /// A repository on a filesystem the agent can reach (e.g. an NFS mount in the agent pod).

@@ -7,16 +7,26 @@
 //! is not limited to one core. An unchanged file is never opened: its metadata is compared
 //! with the parent's node and the parent's chunk list reused (each chunk must still be in a
 //! live pack, which is recorded as a dependency of the snapshot).
+//!
+//! ## Hostile volumes
+//! The source may be changed by its owner while it is read (see [`crate::fsat`]). Every
+//! directory is opened relative to its parent's open descriptor with `O_NOFOLLOW`, listed
+//! with `getdents` and `fstatat(AT_SYMLINK_NOFOLLOW)` relative to that descriptor, and
+//! checked to be the directory its parent listed (device, inode, type); files are opened
+//! relative to their directory with `O_NOFOLLOW` and checked the same way; symlinks are read
+//! with `readlinkat`. An entry replaced between listing and opening is not followed: it is
+//! recorded as an error naming it and left out, the backup goes on. With
+//! `one_file_system` a directory on another device (a mount point inside the source) is
+//! stored empty and a non-directory on another device is left out, so a mount the volume's
+//! owner does not control is never read.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
-use std::fs::{Metadata, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 
 use bytes::Bytes;
@@ -30,6 +40,7 @@ use super::{Excludes, InFlight, Job, PackSink};
 use crate::blob::BlobEncoder;
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
+use crate::fsat::{self, Meta};
 use crate::index::MasterIndex;
 use crate::progress::Progress;
 use crate::repository::Repository;
@@ -52,6 +63,8 @@ pub(super) struct Walker<'a> {
     pub used_packs: HashSet<PackId>,
     /// Byte budget of chunks on their way to the workers.
     pub in_flight: &'a InFlight,
+    /// Stay on each root's file system (see the module docs).
+    pub one_file_system: bool,
 }
 
 /// A directory being assembled.
@@ -64,6 +77,10 @@ struct Frame {
     dir: PathBuf,
     /// The backup root it is under (exclude globs are relative to it).
     root: PathBuf,
+    /// The open directory (`None` only for the base frame of several roots).
+    fd: Option<Arc<OwnedFd>>,
+    /// The root's device when staying on one file system.
+    dev: Option<u64>,
     /// Entries not visited yet, in name order.
     entries: std::vec::IntoIter<Listed>,
 }
@@ -74,28 +91,44 @@ fn excluded(excludes: &Excludes, root: &Path, path: &Path) -> bool {
         && excludes.matches(path.strip_prefix(root).unwrap_or(path))
 }
 
-/// A directory entry as listed: its name and what `lstat` said about it.
+/// A directory entry as listed: its name and what `fstatat(AT_SYMLINK_NOFOLLOW)` relative
+/// to its directory said about it.
 struct Listed {
-    name: OsString,
-    meta: io::Result<Metadata>,
+    name: Vec<u8>,
+    meta: io::Result<Meta>,
 }
 
-/// A directory's entries sorted by name, or why it could not be read.
-type Listing = io::Result<Vec<Listed>>;
+/// An open directory and its entries sorted by name, or why it could not be opened or read.
+type Listing = io::Result<(Arc<OwnedFd>, Vec<Listed>)>;
 
-/// Lists a directory: `readdir` plus an `fstatat` per entry relative to the open directory
-/// (no path lookups), sorted by name (byte order, like the trees).
-fn list_dir(dir: &Path) -> Listing {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        out.push(Listed {
-            meta: e.metadata(),
-            name: e.file_name(),
-        });
-    }
-    out.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
-    Ok(out)
+/// Where a directory is: its parent's open descriptor, its name there, and what the parent's
+/// listing said about it (checked against what is opened).
+#[derive(Clone)]
+struct DirRef {
+    parent: Arc<OwnedFd>,
+    name: Vec<u8>,
+    meta: Meta,
+}
+
+/// Opens a listed directory relative to its parent (checking it is the one listed) and
+/// lists it: `getdents` plus an `fstatat` per entry relative to the open directory (no path
+/// lookups), sorted by name (byte order, like the trees).
+fn list_dir(at: &DirRef) -> Listing {
+    let fd = fsat::open_dir_verified(at.parent.as_fd(), &at.name, &at.meta)?;
+    let mut out: Vec<Listed> = fsat::read_names(fd.as_fd())?
+        .into_iter()
+        .map(|name| Listed {
+            meta: fsat::stat_at(fd.as_fd(), &name),
+            name,
+        })
+        .collect();
+    out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    Ok((Arc::new(fd), out))
+}
+
+/// True when `meta` is on another device than the root (with `one_file_system`).
+fn other_device(dev: Option<u64>, meta: &Meta) -> bool {
+    dev.is_some_and(|d| d != meta.dev)
 }
 
 /// Directory listings (and the parent snapshot's trees for them) fetched ahead of the walker.
@@ -121,12 +154,17 @@ pub(super) struct Prefetch<'a> {
 
 /// Entries (plus tree nodes) listed ahead of the walker before helpers pause.
 const AHEAD: usize = 8192;
+/// Directories listed ahead of the walker before helpers pause: each holds an open
+/// descriptor until the walker is done with it.
+const AHEAD_DIRS: usize = 256;
 
 /// A directory to list and the parent snapshot's tree for it.
 struct Todo {
     dir: PathBuf,
     root: PathBuf,
     subtree: Option<TreeId>,
+    at: DirRef,
+    dev: Option<u64>,
 }
 
 /// What a helper fetched for one directory.
@@ -178,7 +216,9 @@ impl<'a> Prefetch<'a> {
         loop {
             let todo = {
                 let mut s = self.lock();
-                while !s.stop && (s.todo.is_empty() || s.ahead >= AHEAD) {
+                while !s.stop
+                    && (s.todo.is_empty() || s.ahead >= AHEAD || s.done.len() >= AHEAD_DIRS)
+                {
                     s = self.wake.wait(s).unwrap_or_else(|p| p.into_inner());
                 }
                 if s.stop {
@@ -188,12 +228,13 @@ impl<'a> Prefetch<'a> {
                 s.busy.insert(todo.dir.clone());
                 todo
             };
-            let listing = list_dir(&todo.dir);
+            let listing = list_dir(&todo.at);
             let tree = todo
                 .subtree
                 .map(|id| self.repo.load_tree(self.index, &id))
                 .transpose();
-            let cost = listing.as_ref().map_or(0, Vec::len)
+            let cost = 1
+                + listing.as_ref().map_or(0, |l| l.1.len())
                 + tree
                     .as_ref()
                     .ok()
@@ -231,22 +272,29 @@ impl<'a> Prefetch<'a> {
         listing: &Listing,
         tree: Option<&Tree>,
     ) {
-        let Ok(entries) = listing else { return };
+        let Ok((fd, entries)) = listing else { return };
         for e in entries.iter().rev() {
-            if !e.meta.as_ref().is_ok_and(|m| m.is_dir()) {
+            let Ok(meta) = &e.meta else { continue };
+            if !meta.is_dir() || other_device(todo.dev, meta) {
                 continue;
             }
-            let dir = todo.dir.join(&e.name);
+            let dir = todo.dir.join(fsat::os(&e.name));
             if excluded(self.excludes, &todo.root, &dir) {
                 continue;
             }
             let subtree = tree
-                .and_then(|t| t.find(e.name.as_bytes()))
+                .and_then(|t| t.find(&e.name))
                 .and_then(|p| (p.kind == NodeKind::Dir).then_some(p.subtree).flatten());
             s.todo.push(Todo {
                 dir,
                 root: todo.root.clone(),
                 subtree,
+                at: DirRef {
+                    parent: fd.clone(),
+                    name: e.name.clone(),
+                    meta: *meta,
+                },
+                dev: todo.dev,
             });
         }
     }
@@ -258,6 +306,8 @@ impl<'a> Prefetch<'a> {
         dir: &Path,
         root: &Path,
         subtree: Option<TreeId>,
+        at: &DirRef,
+        dev: Option<u64>,
     ) -> Result<(Listing, Option<Tree>)> {
         let mut s = self.lock();
         loop {
@@ -285,18 +335,27 @@ impl<'a> Prefetch<'a> {
         }
         drop(s);
         let tree = self.load(subtree)?;
-        let listing = self.list_here(dir, root, tree.as_ref());
+        let listing = self.list_here(dir, root, tree.as_ref(), at, dev);
         Ok((listing, tree))
     }
 
     /// Lists `dir` on the calling thread and queues its subdirectories for the helpers,
     /// with their trees found in `tree` (the parent snapshot's tree for `dir`).
-    fn list_here(&self, dir: &Path, root: &Path, tree: Option<&Tree>) -> Listing {
-        let listing = list_dir(dir);
+    fn list_here(
+        &self,
+        dir: &Path,
+        root: &Path,
+        tree: Option<&Tree>,
+        at: &DirRef,
+        dev: Option<u64>,
+    ) -> Listing {
+        let listing = list_dir(at);
         let todo = Todo {
             dir: dir.to_owned(),
             root: root.to_owned(),
             subtree: None,
+            at: at.clone(),
+            dev,
         };
         let mut s = self.lock();
         self.push_children(&mut s, &todo, &listing, tree);
@@ -329,6 +388,7 @@ impl From<io::Error> for ReadError {
 impl Walker<'_> {
     /// Walks every root and returns the snapshot's root tree.
     pub fn walk_roots(&mut self, roots: &[PathBuf], parent: Option<Tree>) -> Result<TreeId> {
+        fsat::raise_fd_limit();
         let single_dir =
             roots.len() == 1 && std::fs::symlink_metadata(&roots[0]).is_ok_and(|m| m.is_dir());
         let prefetch = Prefetch::new(self.repo, self.index, self.excludes);
@@ -346,6 +406,8 @@ impl Walker<'_> {
                 parent_subtree: None,
                 dir: PathBuf::new(),
                 root: PathBuf::new(),
+                fd: None,
+                dev: None,
                 entries: Vec::new().into_iter(),
             };
             for root in roots {
@@ -366,23 +428,50 @@ impl Walker<'_> {
     ) -> Result<Frame> {
         base.root = root.to_owned();
         base.dir = root.to_owned();
+        // The root is reached through its parent, opened by the (trusted) path given; from
+        // there on everything is relative to open descriptors.
+        let (parent_dir, leaf) = match root.file_name() {
+            Some(n) => (root.parent().unwrap_or(Path::new("/")), n.as_bytes()),
+            None => (root, &b"."[..]),
+        };
+        let parent_fd = match fsat::open_root(parent_dir) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                self.record_error(root, &e.to_string());
+                return Ok(base);
+            }
+        };
+        let meta = fsat::stat_at(parent_fd.as_fd(), leaf);
+        let dev = match &meta {
+            Ok(m) if self.one_file_system => Some(m.dev),
+            _ => None,
+        };
+        base.fd = Some(parent_fd.clone());
+        base.dev = dev;
         let mut stack = vec![base];
         if single_dir {
             // The directory's entries are the snapshot root's; the root tree is the parent.
-            let listing = prefetch.list_here(root, root, stack[0].parent.as_ref());
-            stack[0].entries = match listing {
-                Ok(l) => l.into_iter(),
-                Err(e) => {
-                    self.record_error(root, &e.to_string());
-                    Vec::new().into_iter()
+            let listing = meta.and_then(|meta| {
+                let at = DirRef {
+                    parent: parent_fd,
+                    name: leaf.to_vec(),
+                    meta,
+                };
+                prefetch.list_here(root, root, stack[0].parent.as_ref(), &at, dev)
+            });
+            match listing {
+                Ok((fd, l)) => {
+                    stack[0].fd = Some(fd);
+                    stack[0].entries = l.into_iter();
                 }
-            };
+                Err(e) => self.record_error(root, &e.to_string()),
+            }
         } else {
-            let name = root
-                .file_name()
-                .map_or(b"root".to_vec(), |n| n.as_bytes().to_vec());
-            let meta = std::fs::symlink_metadata(root);
-            self.visit(prefetch, &mut stack, root.to_owned(), name, meta)?;
+            let name = match root.file_name() {
+                Some(n) => n.as_bytes().to_vec(),
+                None => b"root".to_vec(),
+            };
+            self.visit(prefetch, &mut stack, root.to_owned(), leaf, name, meta)?;
         }
         loop {
             if self.cancel.load(Ordering::Relaxed) {
@@ -393,12 +482,12 @@ impl Walker<'_> {
                 .expect("the base frame is never popped here");
             match top.entries.next() {
                 Some(entry) => {
-                    let path = top.dir.join(&entry.name);
+                    let path = top.dir.join(fsat::os(&entry.name));
                     if excluded(self.excludes, &top.root, &path) {
                         continue;
                     }
-                    let name = entry.name.into_vec();
-                    self.visit(prefetch, &mut stack, path, name, entry.meta)?;
+                    let name = entry.name;
+                    self.visit(prefetch, &mut stack, path, &name, name.clone(), entry.meta)?;
                 }
                 None if stack.len() > 1 => self.pop(&mut stack)?,
                 None => break,
@@ -409,13 +498,17 @@ impl Walker<'_> {
 
     /// Handles one entry of the innermost directory: a directory becomes a new frame, anything
     /// else a node of the current one.
+    ///
+    /// `leaf` is the entry's name in the innermost directory's descriptor, `name` the name
+    /// its node gets (they differ only for a root given as a path).
     fn visit(
         &mut self,
         prefetch: &Prefetch<'_>,
         stack: &mut Vec<Frame>,
         path: PathBuf,
+        leaf: &[u8],
         name: Vec<u8>,
-        meta: io::Result<Metadata>,
+        meta: io::Result<Meta>,
     ) -> Result<()> {
         let meta = match meta {
             Ok(m) => m,
@@ -425,21 +518,39 @@ impl Walker<'_> {
             }
         };
         let top = stack.last().expect("the base frame is never popped here");
+        let dir_fd = top.fd.clone().expect("frames holding entries are open");
+        let dev = top.dev;
         let previous = top.parent.as_ref().and_then(|t| t.find(&name)).cloned();
-        let kind = kind_of(&meta);
+        let kind = meta.kind();
         let mut node = node_from(name, kind, &meta);
+        let mount_point = other_device(dev, &meta);
+        if mount_point && kind != NodeKind::Dir {
+            tracing::info!(path = %path.display(), "on another file system; not backed up (one file system)");
+            return Ok(());
+        }
         if kind == NodeKind::Dir {
             let parent_subtree = previous
                 .as_ref()
                 .and_then(|p| (p.kind == NodeKind::Dir).then_some(p.subtree).flatten());
             let root = top.root.clone();
-            let (listing, parent) = prefetch.take(&path, &root, parent_subtree)?;
-            let entries = match listing {
-                Ok(l) => l,
-                Err(e) => {
-                    // Stored as an empty directory; the error names it.
-                    self.record_error(&path, &e.to_string());
-                    Vec::new()
+            let (fd, entries, parent) = if mount_point {
+                // A mount point: stored as an empty directory, never entered.
+                tracing::info!(path = %path.display(), "a mount point; stored empty (one file system)");
+                (None, Vec::new(), None)
+            } else {
+                let at = DirRef {
+                    parent: dir_fd,
+                    name: leaf.to_vec(),
+                    meta,
+                };
+                let (listing, parent) = prefetch.take(&path, &root, parent_subtree, &at, dev)?;
+                match listing {
+                    Ok((fd, l)) => (Some(fd), l, parent),
+                    Err(e) => {
+                        // Stored as an empty directory; the error names it.
+                        self.record_error(&path, &e.to_string());
+                        (None, Vec::new(), parent)
+                    }
                 }
             };
             if previous.is_none() {
@@ -452,16 +563,26 @@ impl Walker<'_> {
                 parent_subtree,
                 dir: path,
                 root,
+                fd,
+                dev,
                 entries: entries.into_iter(),
             });
             return Ok(());
         }
         match kind {
-            NodeKind::File if !self.file(&path, &meta, &mut node, previous.as_ref())? => {
+            NodeKind::File
+                if !self.file(
+                    (dir_fd.as_fd(), leaf),
+                    &path,
+                    &meta,
+                    &mut node,
+                    previous.as_ref(),
+                )? =>
+            {
                 return Ok(())
             }
-            NodeKind::Symlink => match std::fs::read_link(&path) {
-                Ok(t) => node.symlink_target = t.as_os_str().as_bytes().to_vec(),
+            NodeKind::Symlink => match fsat::read_link_at(dir_fd.as_fd(), leaf) {
+                Ok(t) => node.symlink_target = t,
                 Err(e) => {
                     self.record_error(&path, &e.to_string());
                     return Ok(());
@@ -522,37 +643,38 @@ impl Walker<'_> {
     /// Fills in a file node's content; false when the file could not be read (recorded).
     fn file(
         &mut self,
+        at: (BorrowedFd<'_>, &[u8]),
         path: &Path,
-        meta: &Metadata,
+        meta: &Meta,
         node: &mut Node,
         previous: Option<&Node>,
     ) -> Result<bool> {
         self.progress.set_current(&path.to_string_lossy());
         Progress::add(&self.progress.files_done, 1);
-        self.summary.total_bytes += meta.len();
+        self.summary.total_bytes += meta.size;
         match previous {
             Some(p) if unchanged(p, node) && p.content.iter().all(|c| self.reuse(&BlobId(c.0))) => {
                 node.content = p.content.clone();
                 self.summary.files_unchanged += 1;
-                Progress::add(&self.progress.bytes_done, meta.len());
+                Progress::add(&self.progress.bytes_done, meta.size);
                 return Ok(true);
             }
             Some(_) => self.summary.files_changed += 1,
             None => self.summary.files_new += 1,
         }
-        let link_key = (meta.dev(), meta.ino());
-        if meta.nlink() > 1 {
+        let link_key = (meta.dev, meta.ino);
+        if meta.nlink > 1 {
             if let Some((size, content)) = self.hardlinks.get(&link_key) {
-                if *size == meta.len() {
+                if *size == meta.size {
                     node.content = content.clone();
-                    Progress::add(&self.progress.bytes_done, meta.len());
+                    Progress::add(&self.progress.bytes_done, meta.size);
                     return Ok(true);
                 }
             }
         }
-        match self.read_file(path, node) {
+        match self.read_file(at, meta, path, node) {
             Ok(()) => {
-                if meta.nlink() > 1 {
+                if meta.nlink > 1 {
                     self.hardlinks
                         .insert(link_key, (node.size, node.content.clone()));
                 }
@@ -570,25 +692,22 @@ impl Walker<'_> {
         }
     }
 
-    fn read_file(&mut self, path: &Path, node: &mut Node) -> Result<(), ReadError> {
-        // O_NOFOLLOW: never read through a symlink swapped in after the walk saw a file;
-        // O_NONBLOCK: never hang on a FIFO swapped in likewise.
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)?;
-        let before = file.metadata()?;
-        if !before.is_file() {
-            return Err(io::Error::other(
-                "changed from a regular file to another type during backup",
-            )
-            .into());
-        }
+    fn read_file(
+        &mut self,
+        (dir, name): (BorrowedFd<'_>, &[u8]),
+        listed: &Meta,
+        path: &Path,
+        node: &mut Node,
+    ) -> Result<(), ReadError> {
+        // Relative to the open directory with O_NOFOLLOW, and checked to be the file that
+        // was listed: never read through a symlink (or anything else) swapped in after the
+        // walk saw a file. O_NONBLOCK: never hang on a FIFO swapped in likewise.
+        let (file, before) = fsat::open_file_verified(dir, name, listed)?;
         node.content.clear();
         let chunker = self.chunker;
         let mut content = Vec::new();
-        let read = if before.len() < chunker.params().min_size as u64 {
-            let mut buf = Vec::with_capacity(before.len() as usize);
+        let read = if before.size < chunker.params().min_size as u64 {
+            let mut buf = Vec::with_capacity(before.size as usize);
             (&file).read_to_end(&mut buf)?;
             let n = buf.len() as u64;
             if n > 0 {
@@ -601,13 +720,11 @@ impl Walker<'_> {
                 Ok::<(), ReadError>(())
             })?
         };
-        let after = file.metadata()?;
-        if read != before.len()
-            || after.len() != before.len()
-            || after.mtime_nsec() != before.mtime_nsec()
-            || after.mtime() != before.mtime()
-            || after.ctime() != before.ctime()
-            || after.ctime_nsec() != before.ctime_nsec()
+        let after = fsat::fstat(file.as_fd())?;
+        if read != before.size
+            || after.size != before.size
+            || after.mtime_ns != before.mtime_ns
+            || after.ctime_ns != before.ctime_ns
         {
             let p = path.to_string_lossy().into_owned();
             tracing::warn!(path = %p, "file changed while it was read; the snapshot holds the bytes read");
@@ -615,8 +732,8 @@ impl Walker<'_> {
         }
         node.content = content;
         node.size = read;
-        node.mtime_ns = after.mtime() * 1_000_000_000 + after.mtime_nsec();
-        node.ctime_ns = after.ctime() * 1_000_000_000 + after.ctime_nsec();
+        node.mtime_ns = after.mtime_ns;
+        node.ctime_ns = after.ctime_ns;
         Ok(())
     }
 
@@ -675,43 +792,24 @@ fn unchanged(previous: &Node, now: &Node) -> bool {
         && previous.mode == now.mode
 }
 
-fn kind_of(meta: &Metadata) -> NodeKind {
-    let t = meta.file_type();
-    if t.is_dir() {
-        NodeKind::Dir
-    } else if t.is_symlink() {
-        NodeKind::Symlink
-    } else if t.is_fifo() {
-        NodeKind::Fifo
-    } else if t.is_socket() {
-        NodeKind::Socket
-    } else if t.is_char_device() {
-        NodeKind::CharDevice
-    } else if t.is_block_device() {
-        NodeKind::BlockDevice
-    } else {
-        NodeKind::File
-    }
-}
-
 /// A node carrying everything the metadata says.
-pub(crate) fn node_from(name: Vec<u8>, kind: NodeKind, meta: &Metadata) -> Node {
+pub(crate) fn node_from(name: Vec<u8>, kind: NodeKind, meta: &Meta) -> Node {
     let mut n = Node::new(name, kind);
-    n.mode = meta.mode();
-    n.uid = meta.uid();
-    n.gid = meta.gid();
+    n.mode = meta.mode;
+    n.uid = meta.uid;
+    n.gid = meta.gid;
     n.size = if matches!(kind, NodeKind::File | NodeKind::Symlink) {
-        meta.size()
+        meta.size
     } else {
         0
     };
-    n.mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
-    n.ctime_ns = meta.ctime() * 1_000_000_000 + meta.ctime_nsec();
-    n.inode = meta.ino();
-    n.device = meta.dev();
-    n.links = meta.nlink();
+    n.mtime_ns = meta.mtime_ns;
+    n.ctime_ns = meta.ctime_ns;
+    n.inode = meta.ino;
+    n.device = meta.dev;
+    n.links = meta.nlink;
     n.rdev = if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) {
-        meta.rdev()
+        meta.rdev
     } else {
         0
     };

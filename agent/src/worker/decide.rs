@@ -2,7 +2,9 @@
 //!
 //! - [`next_action`]: what to do with a PodVolumeBackup/Restore given its status, this node and
 //!   where its pod is. The rules:
-//!   - finished objects are left alone;
+//!   - an object being deleted is canceled if it runs here, and otherwise released (its
+//!     [`FINALIZER`](podvault_proto::k8s::FINALIZER) removed) so the deletion completes;
+//!   - finished objects are left alone (a finalizer left by an interrupted finish is released);
 //!   - an operation this process is running is only watched for `spec.cancel`;
 //!   - InProgress on another node belongs to that node's agent;
 //!   - InProgress on this node but not running in this process was interrupted by an agent
@@ -21,10 +23,13 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use podvault_proto::crd::{Phase, PodVolumeRestoreSpec, Progress as StatusProgress, RestoreMode};
+use podvault_proto::crd::{
+    OperationStatus, Phase, PodVolumeRestoreSpec, Progress as StatusProgress, RestoreMode,
+};
 use podvault_proto::k8s::{Series, RESTORE_MARKER_DIR};
 use podvault_proto::retention::RetentionPolicy;
 
+use super::outcome::Reason;
 use crate::archiver::BackupOptions;
 use crate::forget::ForgetOptions;
 use crate::progress::ProgressSnapshot;
@@ -81,6 +86,10 @@ pub struct Observed {
     pub resumed_before: bool,
     /// True when this process is running the operation right now.
     pub running_here: bool,
+    /// True when the object is being deleted (`metadata.deletionTimestamp` is set).
+    pub deleting: bool,
+    /// True when the object carries the agent's finalizer.
+    pub has_finalizer: bool,
     /// `<namespace>/<pod>`, for messages.
     pub pod_ref: String,
 }
@@ -96,6 +105,8 @@ pub enum NextAction {
     Requeue(Duration),
     /// Set the cancel flag of the operation this process is running.
     Cancel,
+    /// Remove the agent's finalizer (nothing runs; the object is being deleted or finished).
+    ReleaseFinalizer,
     /// Claim (New → InProgress) and run.
     Claim,
     /// Claim again (InProgress → InProgress, with a Resumed condition) and re-run.
@@ -104,6 +115,8 @@ pub enum NextAction {
     Finish {
         /// Final phase.
         phase: Phase,
+        /// `status.reason`.
+        reason: Reason,
         /// `status.message`.
         message: String,
     },
@@ -112,8 +125,21 @@ pub enum NextAction {
 /// Decides what to do; `pod` is `None` until the caller has looked the pod up (only needed when
 /// the answer is [`NextAction::LookUpPod`]).
 pub fn next_action(obs: &Observed, node: &str, pod: Option<&PodPlacement>) -> NextAction {
+    if obs.deleting {
+        return if obs.running_here {
+            NextAction::Cancel
+        } else if obs.has_finalizer {
+            NextAction::ReleaseFinalizer
+        } else {
+            NextAction::Ignore
+        };
+    }
     if obs.phase.is_finished() {
-        return NextAction::Ignore;
+        return if obs.has_finalizer && !obs.running_here {
+            NextAction::ReleaseFinalizer
+        } else {
+            NextAction::Ignore
+        };
     }
     if obs.running_here {
         return if obs.cancel {
@@ -129,12 +155,14 @@ pub fn next_action(obs: &Observed, node: &str, pod: Option<&PodPlacement>) -> Ne
         if obs.cancel {
             return NextAction::Finish {
                 phase: Phase::Canceled,
+                reason: Reason::Canceled,
                 message: format!("canceled; the agent on node {node} had restarted while it ran"),
             };
         }
         if obs.resumed_before {
             return NextAction::Finish {
                 phase: Phase::Failed,
+                reason: Reason::Interrupted,
                 message: format!(
                     "interrupted twice by agent restarts on node {node}; not retrying again (create a new object to retry)"
                 ),
@@ -149,16 +177,19 @@ pub fn next_action(obs: &Observed, node: &str, pod: Option<&PodPlacement>) -> Ne
         PodPlacement::OtherNode(_) => NextAction::Ignore,
         _ if obs.cancel => NextAction::Finish {
             phase: Phase::Canceled,
+            reason: Reason::Canceled,
             message: "canceled before it started".into(),
         },
         PodPlacement::ThisNode => NextAction::Claim,
         PodPlacement::Unscheduled => NextAction::Requeue(Duration::from_secs(15)),
         PodPlacement::Missing => NextAction::Finish {
             phase: Phase::Failed,
+            reason: Reason::PodNotFound,
             message: format!("pod {} not found", obs.pod_ref),
         },
         PodPlacement::Terminated(phase) => NextAction::Finish {
             phase: Phase::Failed,
+            reason: Reason::PodTerminated,
             message: format!(
                 "pod {} has terminated (phase {phase}); its volumes are no longer mounted",
                 obs.pod_ref
@@ -167,35 +198,17 @@ pub fn next_action(obs: &Observed, node: &str, pod: Option<&PodPlacement>) -> Ne
     }
 }
 
-/// The fields PodVolumeBackup and PodVolumeRestore statuses share, as the agent writes them.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CommonStatus {
-    /// Phase.
-    pub phase: Option<Phase>,
-    /// Node.
-    pub node: Option<String>,
-    /// Agent identity.
-    pub agent: Option<String>,
-    /// Claim time.
-    pub start_timestamp: Option<Time>,
-    /// Final time.
-    pub completion_timestamp: Option<Time>,
-    /// Message.
-    pub message: Option<String>,
-    /// Conditions.
-    pub conditions: Vec<Condition>,
-}
-
-/// The status written by a claim: InProgress (or `finish`'s final phase) on `node` by `agent`
-/// at `now`. A resume keeps the previous conditions and adds [`CONDITION_RESUMED`].
+/// The status written by a claim: InProgress (or `finish`'s final phase, reason and message)
+/// on `node` by `agent` at `now`. A claim starts a fresh status, keeping only the conditions
+/// and a backup's series; a resume adds [`CONDITION_RESUMED`].
 pub fn claimed(
-    prev: &CommonStatus,
+    prev: &OperationStatus,
     node: &str,
     agent: &str,
     now: &Time,
     resume: bool,
-    finish: Option<(Phase, String)>,
-) -> CommonStatus {
+    finish: Option<(Phase, Reason, String)>,
+) -> OperationStatus {
     let mut conditions = prev.conditions.clone();
     let message = if resume {
         conditions.retain(|c| c.type_ != CONDITION_RESUMED);
@@ -211,24 +224,27 @@ pub fn claimed(
     } else {
         format!("claimed by agent {agent} on node {node}")
     };
+    let base = OperationStatus {
+        node: Some(node.into()),
+        agent: Some(agent.into()),
+        series: prev.series.clone(),
+        conditions,
+        ..Default::default()
+    };
     match finish {
-        Some((phase, message)) => CommonStatus {
+        Some((phase, reason, message)) => OperationStatus {
             phase: Some(phase),
-            node: Some(node.into()),
-            agent: Some(agent.into()),
             start_timestamp: prev.start_timestamp.clone().or_else(|| Some(now.clone())),
             completion_timestamp: Some(now.clone()),
             message: Some(message),
-            conditions,
+            reason: Some(reason.as_str().into()),
+            ..base
         },
-        None => CommonStatus {
+        None => OperationStatus {
             phase: Some(Phase::InProgress),
-            node: Some(node.into()),
-            agent: Some(agent.into()),
             start_timestamp: Some(now.clone()),
-            completion_timestamp: None,
             message: Some(message),
-            conditions,
+            ..base
         },
     }
 }
@@ -372,6 +388,8 @@ mod tests {
             cancel: false,
             resumed_before: false,
             running_here: false,
+            deleting: false,
+            has_finalizer: false,
             pod_ref: "shop/web-0".into(),
         }
     }
@@ -415,6 +433,27 @@ status: {{phase: {phase}}}
     }
 
     #[test]
+    fn deletion_cancels_what_runs_here_and_releases_the_rest() {
+        for phase in [Phase::New, Phase::InProgress, Phase::Completed] {
+            let mut o = obs(phase);
+            o.deleting = true;
+            o.has_finalizer = true;
+            o.running_here = true;
+            assert_eq!(next_action(&o, NODE, None), NextAction::Cancel);
+            o.running_here = false;
+            assert_eq!(next_action(&o, NODE, None), NextAction::ReleaseFinalizer);
+            o.has_finalizer = false;
+            assert_eq!(next_action(&o, NODE, None), NextAction::Ignore);
+        }
+        // A finished object whose finalizer an interrupted finish left behind is released.
+        let mut o = obs(Phase::Completed);
+        o.has_finalizer = true;
+        assert_eq!(next_action(&o, NODE, None), NextAction::ReleaseFinalizer);
+        o.running_here = true;
+        assert_eq!(next_action(&o, NODE, None), NextAction::Ignore);
+    }
+
+    #[test]
     fn finished_objects_are_left_alone() {
         for phase in [Phase::Completed, Phase::Failed, Phase::Canceled] {
             let mut o = obs(phase);
@@ -447,11 +486,12 @@ status: {{phase: {phase}}}
             next_action(&o, NODE, Some(&PodPlacement::Missing)),
             NextAction::Finish {
                 phase: Phase::Failed,
+                reason: Reason::PodNotFound,
                 message: "pod shop/web-0 not found".into()
             }
         );
         match next_action(&o, NODE, Some(&PodPlacement::Terminated("Failed".into()))) {
-            NextAction::Finish { phase, message } => {
+            NextAction::Finish { phase, message, .. } => {
                 assert_eq!(phase, Phase::Failed);
                 assert!(
                     message.contains("has terminated (phase Failed)"),
@@ -471,6 +511,7 @@ status: {{phase: {phase}}}
                 next_action(&o, NODE, Some(&p)),
                 NextAction::Finish {
                     phase: Phase::Canceled,
+                    reason: Reason::Canceled,
                     message: "canceled before it started".into()
                 }
             );
@@ -500,7 +541,7 @@ status: {{phase: {phase}}}
         assert_eq!(next_action(&o, NODE, None), NextAction::Resume);
         o.resumed_before = true;
         match next_action(&o, NODE, None) {
-            NextAction::Finish { phase, message } => {
+            NextAction::Finish { phase, message, .. } => {
                 assert_eq!(phase, Phase::Failed);
                 assert!(message.contains("interrupted twice"), "{message}");
             }
@@ -523,7 +564,14 @@ status: {{phase: {phase}}}
     #[test]
     fn claim_statuses() {
         let now = t("2025-03-10T12:00:00Z");
-        let c = claimed(&CommonStatus::default(), NODE, "agent-x", &now, false, None);
+        let c = claimed(
+            &OperationStatus::default(),
+            NODE,
+            "agent-x",
+            &now,
+            false,
+            None,
+        );
         assert_eq!(c.phase, Some(Phase::InProgress));
         assert_eq!(c.node.as_deref(), Some(NODE));
         assert_eq!(c.agent.as_deref(), Some("agent-x"));
@@ -543,12 +591,13 @@ status: {{phase: {phase}}}
             "agent-x",
             &later,
             false,
-            Some((Phase::Failed, "boom".into())),
+            Some((Phase::Failed, Reason::PodNotFound, "boom".into())),
         );
         assert_eq!(f.phase, Some(Phase::Failed));
         assert_eq!(f.start_timestamp, Some(now));
         assert_eq!(f.completion_timestamp, Some(later));
         assert_eq!(f.message.as_deref(), Some("boom"));
+        assert_eq!(f.reason.as_deref(), Some("pod_not_found"));
     }
 
     #[test]

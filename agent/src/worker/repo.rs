@@ -111,6 +111,15 @@ pub fn settings(
                 session_token: None,
                 virtual_host_style: !s3.path_style,
                 options: Default::default(),
+                ca_bundle: match &s3.ca_bundle {
+                    Some(pem) => {
+                        crate::tls::parse_ca_bundle(pem.as_bytes()).map_err(|e| {
+                            format!("BackupRepository {name}: spec.backend.s3.caBundle {e}")
+                        })?;
+                        Some(pem.as_bytes().to_vec())
+                    }
+                    None => None,
+                },
             })
         }
         (None, Some(fs)) => Location::Fs(fs.path.clone().into()),

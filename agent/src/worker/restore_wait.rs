@@ -1,19 +1,33 @@
 //! `podvault restore-wait`: the init container that holds a new pod until its volume has been
-//! restored.
+//! restored, and the completion marker it waits for.
 //!
-//! The agent writes `<volume>/.podvault/<pvr-uid>` after a successful restore (atomically: a
-//! hidden temporary file renamed into place). This command polls `<dir>/.podvault/` for a
-//! marker (any non-hidden regular file), removes it (and the directory when it is then empty,
-//! so the application never sees it), and exits 0. With a timeout it exits 1 when none
-//! appears in time.
+//! The agent writes `<volume>/.podvault/<pvr-uid>` (content: the snapshot id) after a
+//! successful restore ([`put_marker`]): atomically (a hidden temporary file renamed into
+//! place) and relative to open directory descriptors, never following a symlink the pod may
+//! have put at `.podvault` or at either file name (see [`crate::fsat`]). This command polls
+//! `<dir>/.podvault/` for a marker, removes it (and the directory when it is then empty, so
+//! the application never sees it), and exits 0. With a timeout it exits 1 when none appears
+//! in time.
+//!
+//! A marker is a regular file (not a symlink, FIFO or directory) whose content is a
+//! snapshot id in hex. The init container cannot know the PodVolumeRestore's uid unless it is
+//! told (the uid is assigned when the PVR is created, usually after the pod spec is
+//! written); given `--uid` (or `PODVAULT_RESTORE_UID`) only the marker of that restore is
+//! accepted, otherwise any marker is. Whoever can write the volume can forge a marker
+//! without `--uid` — but could equally rewrite the restored data, so the marker is a
+//! hand-over signal, not a security boundary.
 
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use podvault_proto::k8s::RESTORE_MARKER_DIR;
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use crate::cli::{EXIT_FAILURE, EXIT_OK};
 use crate::error::Error;
+use crate::fsat;
 
 /// Options of `podvault restore-wait`.
 #[derive(Debug, Clone, clap::Args)]
@@ -27,31 +41,181 @@ pub struct RestoreWaitArgs {
     /// Milliseconds between checks.
     #[arg(long, default_value_t = 1000)]
     pub interval_ms: u64,
+    /// Accept only the marker of the PodVolumeRestore with this uid.
+    #[arg(long, env = "PODVAULT_RESTORE_UID")]
+    pub uid: Option<String>,
 }
 
-/// The first marker in `<dir>/.podvault/`, if any (hidden files are temporaries).
-pub fn find_marker(dir: &Path) -> Result<Option<PathBuf>, Error> {
-    let markers = dir.join(RESTORE_MARKER_DIR);
-    let entries = match std::fs::read_dir(&markers) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(&markers, e)),
+/// Why writing a marker failed: the step, the path and the OS error.
+#[derive(Debug)]
+pub struct MarkerError {
+    /// What was being done.
+    pub what: &'static str,
+    /// Where.
+    pub path: PathBuf,
+    /// The OS error.
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for MarkerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.what, self.path.display(), self.source)
+    }
+}
+
+/// True for a name usable as a marker: one plain component, not hidden.
+fn marker_name_ok(uid: &str) -> bool {
+    !uid.is_empty()
+        && uid.len() <= 200
+        && !uid.starts_with('.')
+        && !uid.bytes().any(|b| b == b'/' || b == 0)
+}
+
+/// Writes `<volume_dir>/.podvault/<uid>` holding `snapshot` (see the module docs) and
+/// returns its path.
+pub fn put_marker(volume_dir: &Path, uid: &str, snapshot: &str) -> Result<PathBuf, MarkerError> {
+    let dir_path = volume_dir.join(RESTORE_MARKER_DIR);
+    let path = dir_path.join(uid);
+    let err = |what: &'static str, path: &Path, source: io::Error| MarkerError {
+        what,
+        path: path.to_owned(),
+        source,
     };
-    let mut found: Vec<PathBuf> = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(&markers, e))?;
-        let hidden = entry.file_name().to_string_lossy().starts_with('.');
-        if !hidden && entry.file_type().is_ok_and(|t| t.is_file()) {
-            found.push(entry.path());
+    if !marker_name_ok(uid) {
+        return Err(err(
+            "naming",
+            &path,
+            io::Error::other("the restore's uid is not a plain file name"),
+        ));
+    }
+    let volume = fsat::open_root(volume_dir).map_err(|e| err("opening", volume_dir, e))?;
+    let dir = marker_dir(volume.as_fd()).map_err(|e| err("creating", &dir_path, e))?;
+    let tmp = format!(".{uid}.tmp");
+    let tmp_path = dir_path.join(&tmp);
+    let write = || -> io::Result<()> {
+        match rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let fd = rustix::fs::openat(
+            &dir,
+            tmp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )?;
+        let mut file = std::fs::File::from(fd);
+        io::Write::write_all(&mut file, format!("{snapshot}\n").as_bytes())?;
+        file.sync_all()
+    };
+    write().map_err(|e| err("writing", &tmp_path, e))?;
+    // rename never follows a symlink at the new name: it replaces it.
+    rustix::fs::renameat(&dir, tmp.as_str(), &dir, uid)
+        .map_err(|e| err("renaming", &path, e.into()))?;
+    let _ = rustix::fs::fsync(&dir);
+    Ok(path)
+}
+
+/// Creates (if needed) and opens `.podvault` in the open volume: never through a symlink
+/// (anything but a directory there is replaced), never on another file system.
+fn marker_dir(volume: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let name = RESTORE_MARKER_DIR;
+    match rustix::fs::mkdirat(volume, name, Mode::from_raw_mode(0o755)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let fd = match fsat::open_dir_at(volume, name.as_bytes()) {
+        Ok(fd) => fd,
+        Err(_) => {
+            let meta = fsat::stat_at(volume, name.as_bytes())?;
+            if meta.is_dir() {
+                return Err(io::Error::other("cannot open the marker directory"));
+            }
+            rustix::fs::unlinkat(volume, name, AtFlags::empty())?;
+            rustix::fs::mkdirat(volume, name, Mode::from_raw_mode(0o755))?;
+            fsat::open_dir_at(volume, name.as_bytes())?
+        }
+    };
+    if fsat::fstat(fd.as_fd())?.dev != fsat::fstat(volume)?.dev {
+        return Err(io::Error::other("a mount point; not written into"));
+    }
+    Ok(fd)
+}
+
+/// A marker found: its directory, name and path.
+struct Found {
+    dir: OwnedFd,
+    volume: OwnedFd,
+    name: Vec<u8>,
+    path: PathBuf,
+}
+
+/// True when `content` is a snapshot id in hex (what the agent writes).
+fn is_snapshot_id(content: &[u8]) -> bool {
+    let id = content.strip_suffix(b"\n").unwrap_or(content);
+    (4..=64).contains(&id.len()) && id.iter().all(u8::is_ascii_hexdigit)
+}
+
+/// Reads a candidate marker: a regular file (opened relative to the marker directory, never
+/// through a symlink, never blocking on a FIFO) holding a snapshot id.
+fn valid_marker(dir: BorrowedFd<'_>, name: &[u8]) -> bool {
+    let Ok(fd) = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    if !fsat::fstat(fd.as_fd()).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let mut content = Vec::new();
+    std::fs::File::from(fd)
+        .take(128)
+        .read_to_end(&mut content)
+        .is_ok()
+        && is_snapshot_id(&content)
+}
+
+fn find(dir: &Path, uid: Option<&str>) -> Result<Option<Found>, Error> {
+    let markers = dir.join(RESTORE_MARKER_DIR);
+    let volume = fsat::open_root(dir).map_err(|e| Error::io(dir, e))?;
+    let marker_dir = match fsat::open_dir_at(volume.as_fd(), RESTORE_MARKER_DIR.as_bytes()) {
+        Ok(d) => d,
+        // Missing, or not a directory (a symlink is never followed): no marker yet.
+        Err(_) => return Ok(None),
+    };
+    let mut names: Vec<Vec<u8>> = fsat::read_names(marker_dir.as_fd())
+        .map_err(|e| Error::io(&markers, e))?
+        .into_iter()
+        .filter(|n| !n.starts_with(b"."))
+        .filter(|n| uid.is_none_or(|u| n == u.as_bytes()))
+        .collect();
+    names.sort();
+    for name in names {
+        if valid_marker(marker_dir.as_fd(), &name) {
+            let path = markers.join(fsat::os(&name));
+            return Ok(Some(Found {
+                dir: marker_dir,
+                volume,
+                name,
+                path,
+            }));
         }
     }
-    found.sort();
-    Ok(found.into_iter().next())
+    Ok(None)
 }
 
-/// Waits for a marker, removes it, and returns the path it had; `None` on timeout.
+/// The first marker in `<dir>/.podvault/` (only `uid`'s when given), if any.
+pub fn find_marker(dir: &Path, uid: Option<&str>) -> Result<Option<PathBuf>, Error> {
+    Ok(find(dir, uid)?.map(|f| f.path))
+}
+
+/// Waits for a marker (only `uid`'s when given), removes it, and returns the path it had;
+/// `None` on timeout.
 pub fn wait_for_marker(
     dir: &Path,
+    uid: Option<&str>,
     timeout: Option<Duration>,
     interval: Duration,
 ) -> Result<Option<PathBuf>, Error> {
@@ -63,11 +227,12 @@ pub fn wait_for_marker(
     }
     let start = Instant::now();
     loop {
-        if let Some(marker) = find_marker(dir)? {
-            std::fs::remove_file(&marker).map_err(|e| Error::io(&marker, e))?;
+        if let Some(found) = find(dir, uid)? {
+            rustix::fs::unlinkat(&found.dir, found.name.as_slice(), AtFlags::empty())
+                .map_err(|e| Error::io(&found.path, e.into()))?;
             // Only removes an empty directory; other markers or temporaries keep it.
-            let _ = std::fs::remove_dir(dir.join(RESTORE_MARKER_DIR));
-            return Ok(Some(marker));
+            let _ = rustix::fs::unlinkat(&found.volume, RESTORE_MARKER_DIR, AtFlags::REMOVEDIR);
+            return Ok(Some(found.path));
         }
         if timeout.is_some_and(|t| start.elapsed() >= t) {
             return Ok(None);
@@ -79,12 +244,17 @@ pub fn wait_for_marker(
 /// Runs `podvault restore-wait`.
 pub fn run(args: &RestoreWaitArgs) -> crate::Result<u8> {
     let timeout = (args.timeout_secs > 0).then(|| Duration::from_secs(args.timeout_secs));
-    eprintln!(
-        "waiting for the restore marker in {}",
-        args.dir.join(RESTORE_MARKER_DIR).display()
-    );
+    let markers = args.dir.join(RESTORE_MARKER_DIR);
+    match &args.uid {
+        Some(uid) => eprintln!(
+            "waiting for the restore marker {}",
+            markers.join(uid).display()
+        ),
+        None => eprintln!("waiting for the restore marker in {}", markers.display()),
+    }
     match wait_for_marker(
         &args.dir,
+        args.uid.as_deref(),
         timeout,
         Duration::from_millis(args.interval_ms.max(10)),
     )? {
@@ -113,6 +283,7 @@ mod tests {
         std::fs::write(tmp.path().join(".podvault/.uid.tmp"), "x").unwrap();
         let got = wait_for_marker(
             tmp.path(),
+            None,
             Some(Duration::from_millis(50)),
             Duration::from_millis(10),
         )
@@ -124,8 +295,13 @@ mod tests {
     #[test]
     fn missing_dir_is_an_error() {
         let tmp = tempfile::tempdir().unwrap();
-        let err =
-            wait_for_marker(&tmp.path().join("nope"), None, Duration::from_millis(10)).unwrap_err();
+        let err = wait_for_marker(
+            &tmp.path().join("nope"),
+            None,
+            None,
+            Duration::from_millis(10),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("is not a directory"), "{err}");
     }
 
@@ -142,6 +318,7 @@ mod tests {
         };
         let got = wait_for_marker(
             &dir,
+            None,
             Some(Duration::from_secs(10)),
             Duration::from_millis(10),
         )
@@ -149,5 +326,61 @@ mod tests {
         writer.join().unwrap();
         assert_eq!(got, Some(dir.join(".podvault/uid-1")));
         assert!(!dir.join(".podvault").exists());
+    }
+
+    #[test]
+    fn only_regular_files_with_a_snapshot_id_and_the_expected_uid_count() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let m = dir.join(".podvault");
+        std::fs::create_dir_all(&m).unwrap();
+        // Not markers: a symlink to a valid-looking file, a FIFO, junk content.
+        std::fs::write(dir.join("elsewhere"), "abcdef0123\n").unwrap();
+        std::os::unix::fs::symlink(dir.join("elsewhere"), m.join("a-link")).unwrap();
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &m.join("b-fifo"),
+            Mode::from_raw_mode(0o644),
+        )
+        .unwrap();
+        std::fs::write(m.join("c-junk"), "not an id").unwrap();
+        assert_eq!(find_marker(dir, None).unwrap(), None);
+        put_marker(dir, "uid-2", "abcdef0123").unwrap();
+        std::fs::write(m.join("d-forged"), "abcdef0123\n").unwrap();
+        assert_eq!(find_marker(dir, Some("uid-3")).unwrap(), None);
+        assert_eq!(
+            find_marker(dir, Some("uid-2")).unwrap(),
+            Some(m.join("uid-2"))
+        );
+        assert_eq!(find_marker(dir, None).unwrap(), Some(m.join("d-forged")));
+    }
+
+    #[test]
+    fn put_marker_replaces_a_symlinked_marker_dir_and_refuses_bad_uids() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = tmp.path().join("vol");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(&vol).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, vol.join(".podvault")).unwrap();
+        let p = put_marker(&vol, "uid-1", "abcd0123").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "abcd0123\n");
+        assert!(std::fs::symlink_metadata(vol.join(".podvault"))
+            .unwrap()
+            .is_dir());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        // A symlink at the marker's own name is replaced, not written through.
+        std::fs::write(outside.join("victim"), "keep").unwrap();
+        std::fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink(outside.join("victim"), &p).unwrap();
+        put_marker(&vol, "uid-1", "abcd0123").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(outside.join("victim")).unwrap(),
+            "keep"
+        );
+        assert!(std::fs::symlink_metadata(&p).unwrap().is_file());
+        for bad in ["", "../x", "a/b", ".hidden"] {
+            assert!(put_marker(&vol, bad, "abcd0123").is_err(), "{bad:?}");
+        }
     }
 }

@@ -36,6 +36,13 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const ANNOTATION_SERIES: &str = "podvault.dev/series";
 /// Annotation on controller-created PVBs: the schedule tick (RFC 3339) it was created for.
 pub const ANNOTATION_TICK: &str = "podvault.dev/scheduled-for";
+/// Label on every PodVolumeBackup and PodVolumeRestore: the node whose agent runs it (see
+/// [`node_label_value`]). Set by the controller when it creates the object, or when it first
+/// resolves the pod of one a user created; each agent watches only its own node's value.
+pub const LABEL_NODE: &str = "podvault.dev/node";
+/// Finalizer on PodVolumeBackups and PodVolumeRestores: deleting one that runs cancels it,
+/// and the object goes only once the agent has stopped (or the controller gave up waiting).
+pub const FINALIZER: &str = "podvault.dev/cancel-on-delete";
 /// Directory inside a restored volume holding restore completion markers (`<pvr-uid>` files).
 pub const RESTORE_MARKER_DIR: &str = ".podvault";
 
@@ -94,9 +101,44 @@ pub fn retention(
     Ok(Some(policy))
 }
 
+/// The [`LABEL_NODE`] value for node `node`: the name itself when it is a valid label value
+/// (at most 63 characters), else `h-` and 16 hex digits of a stable FNV-1a hash of it.
+pub fn node_label_value(node: &str) -> String {
+    let valid = !node.is_empty()
+        && node.len() <= 63
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && node.as_bytes()[0].is_ascii_alphanumeric()
+        && node.as_bytes()[node.len() - 1].is_ascii_alphanumeric();
+    if valid {
+        return node.to_string();
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("h-{h:016x}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_label_values_are_the_name_or_a_stable_hash() {
+        assert_eq!(node_label_value("worker-1"), "worker-1");
+        assert_eq!(
+            node_label_value("ip-10-0-0-1.eu-west-1.compute.internal"),
+            "ip-10-0-0-1.eu-west-1.compute.internal"
+        );
+        let long = "n".repeat(70);
+        let v = node_label_value(&long);
+        assert!(v.starts_with("h-") && v.len() == 18, "{v}");
+        assert_eq!(v, node_label_value(&long));
+        assert_ne!(v, node_label_value(&"m".repeat(70)));
+    }
 
     fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

@@ -1,0 +1,421 @@
+//! Tenant isolation: a pod that owns a volume races the root agent by swapping a directory
+//! of its volume with a symlink to somewhere else (`renameat2(RENAME_EXCHANGE)`, atomic)
+//! while the agent backs the volume up, restores into it in place, or writes its restore
+//! marker. Hundreds of attempts each, against a swapper thread spinning as fast as it can:
+//! - no snapshot holds a byte (or a name) from outside the volume;
+//! - nothing outside the restore target is created, removed or modified (the outside tree
+//!   is compared by listing, inode, link count, size, mtime and content after every attempt);
+//! - every operation completes, or fails naming the entry it refused.
+//!
+//! Seeded data; the engine's library API (the CLI adds nothing here and would dominate the
+//! time). Each test takes a few seconds.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use podvault::archiver::{backup, BackupOptions};
+use podvault::backend::Location;
+use podvault::crypto::KdfCost;
+use podvault::index::MasterIndex;
+use podvault::progress::Progress;
+use podvault::repository::{InitOptions, Repository};
+use podvault::restorer::{restore, RestoreOptions};
+use podvault_proto::config::ChunkerParams;
+use podvault_proto::tree::NodeKind;
+use podvault_proto::{ChunkId, TreeId};
+use rand::{Rng, RngCore, SeedableRng};
+use rustix::fs::{renameat_with, RenameFlags, CWD};
+use tempfile::TempDir;
+
+const SEED: u64 = 0x1507_a7e5;
+/// Backups raced per test.
+const BACKUP_ATTEMPTS: usize = 200;
+/// Restores raced per test.
+const RESTORE_ATTEMPTS: usize = 150;
+/// Markers raced per test.
+const MARKER_ATTEMPTS: usize = 400;
+
+/// A scratch directory: in memory where there is `/dev/shm` (hundreds of backups each
+/// fsync their packs, index and snapshot; the races do not depend on the file system).
+fn scratch() -> TempDir {
+    match Path::new("/dev/shm").is_dir() {
+        true => TempDir::new_in("/dev/shm").unwrap_or_else(|_| TempDir::new().unwrap()),
+        false => TempDir::new().unwrap(),
+    }
+}
+
+/// A repository with small chunks (so a few hundred KiB make a multi-chunk file) and a
+/// cheap key.
+fn repository(dir: &Path) -> Repository {
+    let opts = InitOptions {
+        chunker: ChunkerParams {
+            min_size: 16 * 1024,
+            avg_size: 64 * 1024,
+            max_size: 256 * 1024,
+        },
+        kdf: KdfCost {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        },
+        ..InitOptions::default()
+    };
+    Repository::init(&Location::Fs(dir.to_owned()), b"correct horse", &opts).expect("init")
+}
+
+/// Swaps `<dir>/<a>` and `<dir>/<b>` (a directory and a symlink to `outside`) until stopped;
+/// when the victim has removed the symlink, plants a new one.
+struct Swapper {
+    stop: Arc<AtomicBool>,
+    swaps: Arc<AtomicU64>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Swapper {
+    fn start(dir: &Path, a: &str, b: &str, outside: &Path) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let swaps = Arc::new(AtomicU64::new(0));
+        let (pa, pb, outside) = (dir.join(a), dir.join(b), outside.to_owned());
+        let junk = dir.to_owned();
+        let handle = {
+            let stop = stop.clone();
+            let swaps = swaps.clone();
+            std::thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(SEED ^ 0x5a5a);
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    match renameat_with(CWD, &pa, CWD, &pb, RenameFlags::EXCHANGE) {
+                        Ok(()) => {
+                            swaps.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => replant(&pa, &pb, &outside, &junk, n),
+                    }
+                    if n % 64 == 0 {
+                        replant(&pa, &pb, &outside, &junk, n);
+                    }
+                    // Vary the rhythm a little so the swaps land at every step of the victim.
+                    for _ in 0..rng.random_range(0..64u32) {
+                        std::hint::spin_loop();
+                    }
+                }
+            })
+        };
+        Swapper {
+            stop,
+            swaps,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops the swapper; returns how many swaps it made.
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().expect("swapper");
+        }
+        self.swaps.load(Ordering::Relaxed)
+    }
+}
+
+/// Makes sure one of `a`, `b` is a symlink to `outside` again (the victim may have replaced
+/// it with a directory of its own).
+fn replant(a: &Path, b: &Path, outside: &Path, junk: &Path, n: u64) {
+    let is_link = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link(a) || is_link(b) {
+        return;
+    }
+    if fs::symlink_metadata(b).is_ok() {
+        let _ = fs::rename(b, junk.join(format!("junk-{n}")));
+    }
+    let _ = std::os::unix::fs::symlink(outside, b);
+}
+
+/// Everything about a tree that a write would change: per path its type, inode, link
+/// count, size, mtime, mode and (for files) content.
+fn state(root: &Path) -> BTreeMap<PathBuf, (u32, u64, u64, u64, i64, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).follow_links(false) {
+        let e = e.expect("walk outside tree");
+        let m = e.metadata().expect("metadata");
+        let content = if m.is_file() {
+            fs::read(e.path()).expect("read")
+        } else {
+            Vec::new()
+        };
+        out.insert(
+            e.path().to_owned(),
+            (m.mode(), m.ino(), m.nlink(), m.size(), m.mtime(), content),
+        );
+    }
+    out
+}
+
+/// Seeded bytes no file inside any volume has.
+fn secret(rng: &mut impl RngCore, len: usize) -> Vec<u8> {
+    let mut v = b"OUTSIDE-THE-VOLUME:".to_vec();
+    let mut tail = vec![0u8; len];
+    rng.fill_bytes(&mut tail);
+    v.extend_from_slice(&tail);
+    v
+}
+
+/// Every node name and chunk id of every snapshot in `repo`.
+fn snapshot_contents(repo: &Repository) -> (Vec<Vec<u8>>, Vec<ChunkId>, usize) {
+    let index: MasterIndex = repo.load_index().expect("index");
+    let mut names = Vec::new();
+    let mut chunks = Vec::new();
+    let snapshots = repo.snapshots().expect("snapshots");
+    let mut todo: Vec<TreeId> = snapshots.iter().map(|(_, s)| s.tree).collect();
+    let mut seen = std::collections::HashSet::new();
+    while let Some(id) = todo.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        for n in repo.load_tree(&index, &id).expect("tree").nodes {
+            if n.kind == NodeKind::Dir {
+                todo.extend(n.subtree);
+            }
+            chunks.extend(n.content.iter().copied());
+            names.push(n.name);
+        }
+    }
+    (names, chunks, snapshots.len())
+}
+
+#[test]
+fn racing_swap_never_gets_outside_bytes_into_a_snapshot() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
+    let tmp = scratch();
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(outside.join("deeper")).unwrap();
+    let secrets = [secret(&mut rng, 3000), secret(&mut rng, 200_000)];
+    fs::write(outside.join("secret-token"), &secrets[0]).unwrap();
+    fs::write(outside.join("deeper/secret-db"), &secrets[1]).unwrap();
+    let vol = tmp.path().join("vol");
+    fs::create_dir_all(vol.join("d/deeper")).unwrap();
+    for i in 0..8 {
+        let mut data = vec![0u8; rng.random_range(100..5000)];
+        rng.fill_bytes(&mut data);
+        fs::write(vol.join(format!("d/file-{i}")), &data).unwrap();
+    }
+    fs::write(vol.join("d/deeper/inner"), b"inside").unwrap();
+    std::os::unix::fs::symlink(&outside, vol.join("link")).unwrap();
+    let repo = repository(&tmp.path().join("repo"));
+    // What the walker would store for the secrets (files below the minimum chunk size are
+    // one chunk; the large one is checked through every chunk id of its own backup below).
+    let key = repo.key();
+    let secret_small = ChunkId(key.blob_id(&secrets[0]).0);
+
+    let swapper = Swapper::start(&vol, "d", "link", &outside);
+    let mut refused = 0usize;
+    let mut parent: Option<String> = None;
+    for attempt in 0..BACKUP_ATTEMPTS {
+        let opts = BackupOptions {
+            paths: vec![vol.clone()],
+            force: true,
+            // Named, so the backup does not read every earlier snapshot to find it.
+            parent: parent.clone(),
+            host: Some("racer".into()),
+            threads: Some(1),
+            ..BackupOptions::default()
+        };
+        let out = backup(&repo, &opts, &Progress::default(), &AtomicBool::new(false))
+            .unwrap_or_else(|e| panic!("backup attempt {attempt} failed: {e}"));
+        parent.get_or_insert_with(|| out.id.to_hex());
+        for e in &out.snapshot.summary.errors {
+            // A refusal names the entry under the volume.
+            assert!(
+                e.path.starts_with(vol.to_str().unwrap()),
+                "attempt {attempt}: error names {:?}: {}",
+                e.path,
+                e.message
+            );
+            refused += 1;
+        }
+    }
+    let swaps = swapper.stop();
+    let (names, chunks, snapshots) = snapshot_contents(&repo);
+    assert_eq!(snapshots, BACKUP_ATTEMPTS);
+
+    // The chunk ids the secrets get in this repository.
+    let chunker = podvault::chunker::Chunker::new(repo.config().chunker);
+    let mut secret_chunks = vec![secret_small];
+    chunker
+        .chunk_stream(&secrets[1][..], |c| {
+            secret_chunks.push(ChunkId(key.blob_id(&c).0));
+            Ok::<(), std::io::Error>(())
+        })
+        .unwrap();
+    let leaked_chunks = chunks.iter().filter(|c| secret_chunks.contains(c)).count();
+    let leaked_names = names
+        .iter()
+        .filter(|n| n.as_slice() == b"secret-token" || n.as_slice() == b"secret-db")
+        .count();
+    eprintln!(
+        "backup race: {BACKUP_ATTEMPTS} backups, {swaps} swaps, {refused} entries refused, \
+         {leaked_chunks} outside chunks and {leaked_names} outside names in snapshots"
+    );
+    assert!(
+        swaps > BACKUP_ATTEMPTS as u64,
+        "the swapper barely ran ({swaps} swaps)"
+    );
+    assert_eq!(
+        leaked_chunks, 0,
+        "a snapshot holds bytes from outside the volume"
+    );
+    assert_eq!(
+        leaked_names, 0,
+        "a snapshot lists a directory outside the volume"
+    );
+}
+
+#[test]
+fn racing_swap_never_makes_an_in_place_restore_write_outside() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(SEED + 1);
+    let tmp = scratch();
+    // The snapshot: files in `d/` (small ones and a multi-chunk one), a subdirectory, a
+    // symlink and a hard link pair.
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("d/sub")).unwrap();
+    for i in 0..24 {
+        let mut data = vec![0u8; rng.random_range(0..3000)];
+        rng.fill_bytes(&mut data);
+        fs::write(src.join(format!("d/f{i:02}")), &data).unwrap();
+    }
+    let mut big = vec![0u8; 300_000];
+    rng.fill_bytes(&mut big);
+    fs::write(src.join("d/big"), &big).unwrap();
+    fs::write(src.join("d/sub/inner"), b"inner").unwrap();
+    fs::hard_link(src.join("d/f00"), src.join("d/sub/f00-link")).unwrap();
+    std::os::unix::fs::symlink("f01", src.join("d/sym")).unwrap();
+    let repo = repository(&tmp.path().join("repo"));
+    let snap = backup(
+        &repo,
+        &BackupOptions {
+            paths: vec![src.clone()],
+            ..BackupOptions::default()
+        },
+        &Progress::default(),
+        &AtomicBool::new(false),
+    )
+    .unwrap()
+    .snapshot;
+
+    // The live volume: `d` exists, and the pod swaps it with a symlink to outside.
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(outside.join("sub")).unwrap();
+    fs::write(
+        outside.join("f00"),
+        b"victim file, same name as one restored",
+    )
+    .unwrap();
+    fs::write(outside.join("sub/inner"), b"victim inner").unwrap();
+    let target = tmp.path().join("target");
+    fs::create_dir_all(target.join("d")).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join("link")).unwrap();
+    let before = state(&outside);
+
+    let swapper = Swapper::start(&target, "d", "link", &outside);
+    let (mut completed, mut refused) = (0usize, 0usize);
+    for attempt in 0..RESTORE_ATTEMPTS {
+        let opts = RestoreOptions {
+            target: target.clone(),
+            threads: 2,
+            ..RestoreOptions::default()
+        };
+        match restore(
+            &repo,
+            &snap,
+            &opts,
+            &Progress::default(),
+            &AtomicBool::new(false),
+        ) {
+            Ok(_) => completed += 1,
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(target.to_str().unwrap()),
+                    "attempt {attempt}: the error does not name the refused entry: {msg}"
+                );
+                refused += 1;
+            }
+        }
+        assert_eq!(
+            state(&outside),
+            before,
+            "attempt {attempt}: the restore changed something outside its target"
+        );
+    }
+    let swaps = swapper.stop();
+    eprintln!(
+        "restore race: {RESTORE_ATTEMPTS} restores ({completed} complete, {refused} refused \
+         an entry), {swaps} swaps, 0 changes outside the target"
+    );
+    assert!(
+        swaps > RESTORE_ATTEMPTS as u64,
+        "the swapper barely ran ({swaps} swaps)"
+    );
+    // Without the swapper the same restore completes and is byte-identical.
+    let calm = tmp.path().join("calm");
+    restore(
+        &repo,
+        &snap,
+        &RestoreOptions {
+            target: calm.clone(),
+            threads: 2,
+            ..RestoreOptions::default()
+        },
+        &Progress::default(),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!(fs::read(calm.join("d/big")).unwrap(), big);
+    assert_eq!(
+        fs::metadata(calm.join("d/f00")).unwrap().ino(),
+        fs::metadata(calm.join("d/sub/f00-link")).unwrap().ino()
+    );
+    assert_eq!(fs::read_link(calm.join("d/sym")).unwrap(), Path::new("f01"));
+}
+
+#[test]
+fn racing_swap_never_makes_the_marker_land_outside() {
+    let tmp = scratch();
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("keep"), b"keep").unwrap();
+    let vol = tmp.path().join("vol");
+    fs::create_dir_all(vol.join(".podvault")).unwrap();
+    std::os::unix::fs::symlink(&outside, vol.join("link")).unwrap();
+    let before = state(&outside);
+    let swapper = Swapper::start(&vol, ".podvault", "link", &outside);
+    let (mut written, mut refused) = (0usize, 0usize);
+    for attempt in 0..MARKER_ATTEMPTS {
+        let uid = format!("uid-{attempt}");
+        match podvault::worker::restore_wait::put_marker(&vol, &uid, "0123abcd") {
+            Ok(p) => {
+                assert_eq!(p, vol.join(".podvault").join(&uid));
+                written += 1;
+            }
+            Err(e) => {
+                assert!(
+                    e.to_string().contains(vol.to_str().unwrap()),
+                    "attempt {attempt}: {e}"
+                );
+                refused += 1;
+            }
+        }
+        assert_eq!(state(&outside), before, "attempt {attempt}");
+    }
+    let swaps = swapper.stop();
+    eprintln!(
+        "marker race: {MARKER_ATTEMPTS} markers ({written} written, {refused} refused), \
+         {swaps} swaps, 0 changes outside the volume"
+    );
+    assert!(swaps > 0);
+}
