@@ -334,11 +334,6 @@ fn finalized(mut v: Value) -> Value {
     v
 }
 
-fn status_of(code: u16, reason: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-           "reason": reason, "code": code, "message": reason})
-}
-
 #[tokio::test]
 async fn one_path_claim_finalizer_run_final_status_release() {
     // A user-created PVB without the finalizer: claim, add the finalizer (resourceVersion

@@ -8,13 +8,21 @@
 //! Completed backup of every series (and with it the last-success time) always survives, and
 //! the newest object of a group is never deleted whatever its phase: it is the one for the
 //! current schedule tick, and deleting it would let the controller create that tick again.
+//!
+//! [`series_states`] is what the alerts read: for every *tracked* series (one a selected pod
+//! schedules, or one a PodVolumeBackup not created by the controller was made for, while that
+//! pod exists) its schedule interval, last success, last failure, oldest unfinished backups
+//! and when the series was first seen. Series of deleted pods and retired series are not
+//! tracked, so their gauges (and alerts) go away.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use podvault_proto::crd::{Phase, PodVolumeBackup, PodVolumeRestore};
-use podvault_proto::k8s::{Series, ANNOTATION_SERIES};
+use podvault_proto::k8s::{Series, ANNOTATION_SERIES, LABEL_MANAGED_BY};
+
+use crate::plan::MANAGER;
 
 /// How many finished objects to keep per series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +48,12 @@ pub struct HistoryItem {
     pub created: Option<DateTime<Utc>>,
     /// Completion time (finished objects).
     pub completed: Option<DateTime<Utc>>,
+    /// When an agent claimed it (`status.startTimestamp`).
+    pub started: Option<DateTime<Utc>>,
+    /// `spec.pod`.
+    pub pod: String,
+    /// True unless the controller created it on a schedule.
+    pub manual: bool,
 }
 
 /// Converts a `meta/v1` Time to chrono.
@@ -75,6 +89,16 @@ pub fn backup_item(pvb: &PodVolumeBackup) -> HistoryItem {
         completed: status
             .and_then(|s| s.completion_timestamp.as_ref())
             .and_then(to_chrono),
+        started: status
+            .and_then(|s| s.start_timestamp.as_ref())
+            .and_then(to_chrono),
+        pod: pvb.spec.pod.clone(),
+        manual: pvb
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_MANAGED_BY))
+            .is_none_or(|m| m != MANAGER),
     }
 }
 
@@ -90,6 +114,11 @@ pub fn restore_item(pvr: &PodVolumeRestore) -> HistoryItem {
         completed: status
             .and_then(|s| s.completion_timestamp.as_ref())
             .and_then(to_chrono),
+        started: status
+            .and_then(|s| s.start_timestamp.as_ref())
+            .and_then(to_chrono),
+        pod: pvr.spec.pod.clone(),
+        manual: true,
     }
 }
 
@@ -129,21 +158,98 @@ pub fn select_for_deletion(items: &[HistoryItem], limits: HistoryLimits) -> Vec<
     out
 }
 
-/// The newest completion time of a Completed object per (namespace, group).
-pub fn last_successes(items: &[HistoryItem]) -> BTreeMap<(String, String), DateTime<Utc>> {
-    let mut out: BTreeMap<(String, String), DateTime<Utc>> = BTreeMap::new();
+/// The `series` metric label of a history group (a series key): `pvc/<claim>` or
+/// `pod/<pod>/<volume>`; an unparsable key (hand-written annotation) is used as it is.
+pub fn series_label(group: &str) -> String {
+    group
+        .parse::<Series>()
+        .map(|s| s.metric_label())
+        .unwrap_or_else(|_| group.to_string())
+}
+
+/// What the alerts need to know about one tracked series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesState {
+    /// Expected seconds between backups (scheduled series only).
+    pub interval: Option<f64>,
+    /// When the series was first seen: its oldest PodVolumeBackup or, if earlier, when this
+    /// controller process first tracked it. The staleness clock of a series that never
+    /// succeeded starts here.
+    pub first_seen: DateTime<Utc>,
+    /// Completion of the newest Completed backup.
+    pub last_success: Option<DateTime<Utc>>,
+    /// Completion of the newest Failed backup.
+    pub last_failure: Option<DateTime<Utc>>,
+    /// Creation of the oldest backup still New.
+    pub oldest_new: Option<DateTime<Utc>>,
+    /// Start (else creation) of the oldest backup still InProgress.
+    pub oldest_in_progress: Option<DateTime<Utc>>,
+}
+
+fn earliest(slot: &mut Option<DateTime<Utc>>, t: Option<DateTime<Utc>>) {
+    if let Some(t) = t {
+        *slot = Some(slot.map_or(t, |s| s.min(t)));
+    }
+}
+
+fn latest(slot: &mut Option<DateTime<Utc>>, t: Option<DateTime<Utc>>) {
+    if let Some(t) = t {
+        *slot = Some(slot.map_or(t, |s| s.max(t)));
+    }
+}
+
+/// The state of every tracked series, keyed by (namespace, series label).
+///
+/// Tracked: every key of `scheduled` (series label → interval seconds, from the pods that
+/// schedule them), and the series of every PodVolumeBackup not created by the controller
+/// whose pod is in `pods` (namespace, name). `seen` is this process' memory of when it first
+/// tracked each series: new series are added at `now`, untracked ones are forgotten.
+pub fn series_states(
+    items: &[HistoryItem],
+    scheduled: &BTreeMap<(String, String), f64>,
+    pods: &BTreeSet<(String, String)>,
+    seen: &mut BTreeMap<(String, String), DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> BTreeMap<(String, String), SeriesState> {
+    let mut tracked: BTreeSet<(String, String)> = scheduled.keys().cloned().collect();
     for item in items {
-        if item.phase != Phase::Completed {
-            continue;
+        if item.manual && pods.contains(&(item.namespace.clone(), item.pod.clone())) {
+            tracked.insert((item.namespace.clone(), series_label(&item.group)));
         }
-        let Some(done) = item.completed.or(item.created) else {
+    }
+    seen.retain(|k, _| tracked.contains(k));
+    let mut out: BTreeMap<(String, String), SeriesState> = tracked
+        .into_iter()
+        .map(|k| {
+            let first = *seen.entry(k.clone()).or_insert(now);
+            let state = SeriesState {
+                interval: scheduled.get(&k).copied(),
+                first_seen: first,
+                last_success: None,
+                last_failure: None,
+                oldest_new: None,
+                oldest_in_progress: None,
+            };
+            (k, state)
+        })
+        .collect();
+    for item in items {
+        let key = (item.namespace.clone(), series_label(&item.group));
+        let Some(state) = out.get_mut(&key) else {
             continue;
         };
-        let slot = out
-            .entry((item.namespace.clone(), item.group.clone()))
-            .or_insert(done);
-        if done > *slot {
-            *slot = done;
+        if let Some(created) = item.created {
+            state.first_seen = state.first_seen.min(created);
+        }
+        let done = item.completed.or(item.created);
+        match item.phase {
+            Phase::Completed => latest(&mut state.last_success, done),
+            Phase::Failed => latest(&mut state.last_failure, done),
+            Phase::Canceled => {}
+            Phase::New => earliest(&mut state.oldest_new, item.created),
+            Phase::InProgress => {
+                earliest(&mut state.oldest_in_progress, item.started.or(item.created))
+            }
         }
     }
     out
@@ -162,6 +268,9 @@ mod tests {
             phase,
             created: Some(t),
             completed: Some(t + chrono::Duration::seconds(30)),
+            started: Some(t),
+            pod: "web-0".into(),
+            manual: false,
         }
     }
 
@@ -245,21 +354,83 @@ mod tests {
         assert_eq!(names(select_for_deletion(&items, limits)), vec!["a"]);
     }
 
+    fn key(ns: &str, series: &str) -> (String, String) {
+        (ns.to_string(), series.to_string())
+    }
+
+    fn at(minute: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(1_700_000_000 + minute * 60, 0).unwrap()
+    }
+
     #[test]
-    fn last_success_per_series() {
+    fn series_states_of_scheduled_series() {
         use Phase::*;
         let items = vec![
-            item("a", "s", "c1", Completed, 1),
-            item("a", "s", "c2", Completed, 5),
-            item("a", "s", "f9", Failed, 9),
-            item("b", "s", "f1", Failed, 1),
+            item("a", "a/pvc/db", "c1", Completed, 1),
+            item("a", "a/pvc/db", "c2", Completed, 5),
+            item("a", "a/pvc/db", "f9", Failed, 9),
+            item("a", "a/pvc/db", "p10", InProgress, 10),
+            item("a", "a/pvc/db", "n11", New, 11),
+            item("a", "a/pvc/db", "n12", New, 12),
+            item("a", "a/pvc/db", "x13", Canceled, 13),
+            // Never succeeded: its oldest backup starts the staleness clock.
+            item("a", "a/pod/web-0/tmp", "f3", Failed, 3),
         ];
-        let last = last_successes(&items);
-        assert_eq!(last.len(), 1);
+        let scheduled: BTreeMap<_, _> = [
+            (key("a", "pvc/db"), 3600.0),
+            (key("a", "pod/web-0/tmp"), 3600.0),
+            (key("a", "pvc/new"), 60.0),
+        ]
+        .into();
+        let mut seen = BTreeMap::new();
+        let now = at(20);
+        let states = series_states(&items, &scheduled, &BTreeSet::new(), &mut seen, now);
+        assert_eq!(states.len(), 3);
+        let db = &states[&key("a", "pvc/db")];
+        assert_eq!(db.interval, Some(3600.0));
+        assert_eq!(db.first_seen, at(1));
+        assert_eq!(db.last_success, items[1].completed);
+        assert_eq!(db.last_failure, items[2].completed);
+        assert_eq!(db.oldest_in_progress, Some(at(10)));
+        assert_eq!(db.oldest_new, Some(at(11)));
+        let tmp = &states[&key("a", "pod/web-0/tmp")];
+        assert_eq!((tmp.first_seen, tmp.last_success), (at(3), None));
+        // No backup yet: first seen now, and remembered.
+        let new = &states[&key("a", "pvc/new")];
         assert_eq!(
-            last[&("a".to_string(), "s".to_string())],
-            items[1].completed.unwrap()
+            (new.first_seen, new.last_success, new.oldest_new),
+            (now, None, None)
         );
+        let later = series_states(&[], &scheduled, &BTreeSet::new(), &mut seen, at(30));
+        assert_eq!(later[&key("a", "pvc/new")].first_seen, now);
+    }
+
+    #[test]
+    fn deleted_pods_and_retired_series_are_not_tracked() {
+        use Phase::*;
+        let mut manual = item("a", "a/pod/job-1/data", "m1", Failed, 1);
+        manual.pod = "job-1".into();
+        manual.manual = true;
+        let items = vec![
+            // Scheduled backups of a series nothing schedules any more (retired).
+            item("a", "a/pvc/old", "f1", Failed, 1),
+            manual,
+        ];
+        let mut seen = BTreeMap::from([(key("a", "pvc/old"), at(0))]);
+        // The manually backed-up pod exists: tracked, without an interval.
+        let pods = BTreeSet::from([key("a", "job-1"), key("a", "web-0")]);
+        let states = series_states(&items, &BTreeMap::new(), &pods, &mut seen, at(5));
+        assert_eq!(
+            states.keys().collect::<Vec<_>>(),
+            [&key("a", "pod/job-1/data")]
+        );
+        let m = &states[&key("a", "pod/job-1/data")];
+        assert_eq!((m.interval, m.last_failure), (None, items[1].completed));
+        assert!(!seen.contains_key(&key("a", "pvc/old")), "forgotten");
+        // The pod is deleted: nothing is tracked.
+        let states = series_states(&items, &BTreeMap::new(), &BTreeSet::new(), &mut seen, at(6));
+        assert!(states.is_empty());
+        assert!(seen.is_empty());
     }
 
     #[test]

@@ -2,13 +2,26 @@
 //!
 //! Labels are bounded: `namespace` and `series` come from objects in the cluster (one value per
 //! scheduled series), `reason`, `result` and `kind` are fixed strings from `match`es — never
-//! error text. The two series gauges are recomputed from scratch on every sweep, so series
-//! whose pods are gone disappear from them.
+//! error text. The series gauges (`podvault_backup_*` with `namespace` and `series`) are
+//! recomputed from scratch on every sweep from [`crate::history::series_states`], so series of
+//! deleted pods and retired series disappear from them; they are what the shipped alerts
+//! (`deploy/prometheus/podvault-rules.yaml`) read, together with the agent's gauges of the
+//! same names.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use podvault_proto::crd::Phase;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
+
+use crate::history::SeriesState;
+
+/// When this process first tracked each (namespace, series label).
+pub type SeriesSeen = Arc<Mutex<BTreeMap<(String, String), DateTime<Utc>>>>;
 
 /// Every metric the controller exports, registered in one registry.
 #[derive(Clone)]
@@ -31,8 +44,19 @@ pub struct Metrics {
     pub schedule_interval: GaugeVec,
     /// Completion time of the newest Completed backup of a series (unix seconds).
     pub last_success: GaugeVec,
+    /// Completion time of the newest Failed backup of a series (unix seconds).
+    pub last_failure: GaugeVec,
+    /// When a tracked series was first seen (unix seconds); present for every tracked series.
+    pub first_seen: GaugeVec,
+    /// Creation (`New`) or start (`InProgress`) time of the oldest unfinished backup of a
+    /// series, by `phase`.
+    pub oldest_unfinished: GaugeVec,
+    /// When the series gauges were last refreshed (unix seconds; the time the sweep began).
+    pub last_sweep: Gauge,
     /// 1 while this replica holds the leader lease.
     pub leader: IntGauge,
+    /// The sweep's memory of when each series was first tracked (see [`SeriesState`]).
+    pub series_seen: SeriesSeen,
 }
 
 impl Metrics {
@@ -92,6 +116,33 @@ impl Metrics {
             ),
             &["namespace", "series"],
         )?;
+        let last_failure = GaugeVec::new(
+            Opts::new(
+                "podvault_backup_last_failure_timestamp_seconds",
+                "Completion time of the newest failed backup of a series",
+            ),
+            &["namespace", "series"],
+        )?;
+        let first_seen = GaugeVec::new(
+            Opts::new(
+                "podvault_backup_series_first_seen_timestamp_seconds",
+                "When a tracked series was first seen (its oldest PodVolumeBackup, or when the \
+                 controller first tracked it): where staleness counts from before any success",
+            ),
+            &["namespace", "series"],
+        )?;
+        let oldest_unfinished = GaugeVec::new(
+            Opts::new(
+                "podvault_backup_oldest_unfinished_timestamp_seconds",
+                "Creation (New) or start (InProgress) time of the oldest unfinished \
+                 PodVolumeBackup of a series",
+            ),
+            &["namespace", "series", "phase"],
+        )?;
+        let last_sweep = Gauge::new(
+            "podvault_controller_last_sweep_timestamp_seconds",
+            "When the controller last refreshed the series gauges from the PodVolumeBackups",
+        )?;
         let leader = IntGauge::new(
             "podvault_controller_leader",
             "1 while this replica is the leader",
@@ -104,6 +155,10 @@ impl Metrics {
         registry.register(Box::new(history_deleted.clone()))?;
         registry.register(Box::new(schedule_interval.clone()))?;
         registry.register(Box::new(last_success.clone()))?;
+        registry.register(Box::new(last_failure.clone()))?;
+        registry.register(Box::new(first_seen.clone()))?;
+        registry.register(Box::new(oldest_unfinished.clone()))?;
+        registry.register(Box::new(last_sweep.clone()))?;
         registry.register(Box::new(leader.clone()))?;
         Ok(Metrics {
             registry,
@@ -115,8 +170,60 @@ impl Metrics {
             history_deleted,
             schedule_interval,
             last_success,
+            last_failure,
+            first_seen,
+            oldest_unfinished,
+            last_sweep,
             leader,
+            series_seen: SeriesSeen::default(),
         })
+    }
+
+    /// Replaces every series gauge with `states` (series not in it disappear) and records
+    /// `swept_at` as the time they describe.
+    pub fn set_series(
+        &self,
+        states: &BTreeMap<(String, String), SeriesState>,
+        swept_at: DateTime<Utc>,
+    ) {
+        let secs = |t: DateTime<Utc>| t.timestamp() as f64;
+        for g in [
+            &self.schedule_interval,
+            &self.last_success,
+            &self.last_failure,
+            &self.first_seen,
+            &self.oldest_unfinished,
+        ] {
+            g.reset();
+        }
+        for ((ns, series), s) in states {
+            let labels = [ns.as_str(), series.as_str()];
+            self.first_seen
+                .with_label_values(&labels)
+                .set(secs(s.first_seen));
+            if let Some(i) = s.interval {
+                self.schedule_interval.with_label_values(&labels).set(i);
+            }
+            for (gauge, value) in [
+                (&self.last_success, s.last_success),
+                (&self.last_failure, s.last_failure),
+            ] {
+                if let Some(t) = value {
+                    gauge.with_label_values(&labels).set(secs(t));
+                }
+            }
+            for (phase, value) in [
+                (Phase::New, s.oldest_new),
+                (Phase::InProgress, s.oldest_in_progress),
+            ] {
+                if let Some(t) = value {
+                    self.oldest_unfinished
+                        .with_label_values(&[ns.as_str(), series.as_str(), phase.as_str()])
+                        .set(secs(t));
+                }
+            }
+        }
+        self.last_sweep.set(secs(swept_at));
     }
 
     /// Renders the registry in the Prometheus text format.

@@ -323,18 +323,17 @@ pub struct SweepReport {
     pub restores_deleted: Vec<String>,
 }
 
-/// One sweep: refreshes the series gauges from `pods` and the PodVolumeBackup list, and deletes
-/// finished PodVolumeBackups/Restores beyond the history limits.
+/// One sweep: refreshes the series gauges from `pods` and the PodVolumeBackup list (see
+/// [`history::series_states`]: only tracked series keep gauges, so a deleted pod or a retired
+/// series stops alerting), and deletes finished PodVolumeBackups/Restores beyond the history
+/// limits.
 pub async fn sweep(ctx: &Context, pods: &[Arc<Pod>]) -> Result<SweepReport, Error> {
     let now = (ctx.clock)();
     let intervals = series_intervals(pods.iter().map(|p| p.as_ref()), &ctx.options, now);
-    ctx.metrics.schedule_interval.reset();
-    for ((ns, series), secs) in &intervals {
-        ctx.metrics
-            .schedule_interval
-            .with_label_values(&[ns, series])
-            .set(*secs);
-    }
+    let existing: std::collections::BTreeSet<(String, String)> = pods
+        .iter()
+        .map(|p| (p.namespace().unwrap_or_default(), p.name_any()))
+        .collect();
 
     let mut report = SweepReport::default();
     let backups: Api<PodVolumeBackup> = Api::all(ctx.client.clone());
@@ -346,17 +345,16 @@ pub async fn sweep(ctx: &Context, pods: &[Arc<Pod>]) -> Result<SweepReport, Erro
             source,
         })?;
     let items: Vec<_> = list.items.iter().map(history::backup_item).collect();
-    ctx.metrics.last_success.reset();
-    for ((ns, key), at) in history::last_successes(&items) {
-        let label = key
-            .parse::<Series>()
-            .map(|s| s.metric_label())
-            .unwrap_or(key);
-        ctx.metrics
-            .last_success
-            .with_label_values(&[&ns, &label])
-            .set(at.timestamp() as f64);
-    }
+    let states = {
+        // A poisoned lock only means an earlier sweep panicked; its memory is still valid.
+        let mut seen = ctx
+            .metrics
+            .series_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        history::series_states(&items, &intervals, &existing, &mut seen, now)
+    };
+    ctx.metrics.set_series(&states, now);
     for item in history::select_for_deletion(&items, ctx.backup_history) {
         let api: Api<PodVolumeBackup> = Api::namespaced(ctx.client.clone(), &item.namespace);
         delete(&api, "PodVolumeBackup", item).await?;

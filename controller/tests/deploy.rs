@@ -1,6 +1,9 @@
 //! Keeps `deploy/` honest: the CRDs are exactly what `crdgen` prints, and every plain
 //! manifest and example parses into the Kubernetes (or podvault) type of its kind without
-//! losing a field, so a typo or a stale field fails here instead of in a cluster.
+//! losing a field, so a typo or a stale field fails here instead of in a cluster. The alerts
+//! live once (`deploy/prometheus/podvault-rules.yaml`; the PrometheusRule manifest and the Helm
+//! template are generated from it here), and every metric the alerts and the dashboard read
+//! is one the agent or the controller exports. (`tests/alerts.rs` runs promtool on the rules.)
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -273,38 +276,249 @@ fn rbac_is_least_privilege() {
     }
 }
 
+/// The one source of the shipped alerts (a plain Prometheus rule file).
+const RULES_SOURCE: &str = "prometheus/podvault-rules.yaml";
+/// Generated from [`RULES_SOURCE`].
+const RULES_MANIFEST: &str = "manifests/60-prometheusrule.yaml";
+/// Generated from [`RULES_SOURCE`].
+const RULES_HELM: &str = "helm/podvault/templates/prometheusrule.yaml";
+
+/// The rule file's `groups:` document without its leading comment, indented under `spec:`.
+fn rules_spec(source: &str) -> String {
+    let start = source
+        .find("\ngroups:")
+        .expect("the rule file has a top-level groups: key")
+        + 1;
+    source[start..]
+        .lines()
+        .map(|l| {
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("  {l}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// Escapes Prometheus templates (`{{ $labels.x }}`) so Helm prints them as they are.
+fn helm_escape(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let end = start
+            + rest[start..]
+                .find("}}")
+                .expect("unbalanced {{ in the rule file")
+            + 2;
+        out.push_str(&rest[..start]);
+        out.push_str("{{`");
+        out.push_str(&rest[start..end]);
+        out.push_str("`}}");
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn prometheus_rule(namespace: &str, spec: &str) -> String {
+    format!(
+        "# Generated from deploy/{RULES_SOURCE} (what each alert covers is documented there); edit\n\
+         # that file and regenerate with\n\
+         # `PODVAULT_REGENERATE=1 cargo test -p podvault-controller --test deploy`.\n\
+         apiVersion: monitoring.coreos.com/v1\n\
+         kind: PrometheusRule\n\
+         metadata:\n\
+         \x20 name: podvault\n\
+         \x20 namespace: {namespace}\n\
+         \x20 labels: {{app.kubernetes.io/part-of: podvault}}\n\
+         spec:\n\
+         {spec}"
+    )
+}
+
+/// The PrometheusRule manifest and Helm template generated from the rule file.
+fn generated_rules() -> [(PathBuf, String); 2] {
+    let source = fs::read_to_string(deploy().join(RULES_SOURCE)).unwrap();
+    let spec = rules_spec(&source);
+    let manifest = prometheus_rule("podvault", &spec);
+    let helm = format!(
+        "{{{{- if .Values.metrics.prometheusRule }}}}\n{}{{{{- end }}}}\n",
+        prometheus_rule("{{ .Release.Namespace }}", &helm_escape(&spec))
+    );
+    [
+        (deploy().join(RULES_MANIFEST), manifest),
+        (deploy().join(RULES_HELM), helm),
+    ]
+}
+
 #[test]
-fn alerts_use_metrics_the_controller_exports() {
-    let docs = documents(&deploy().join("manifests/60-prometheusrule.yaml"));
-    let rules = docs[0]["spec"]["groups"][0]["rules"].as_array().unwrap();
+fn manifest_and_helm_rules_are_generated_from_the_one_rule_file() {
+    let regenerate = std::env::var_os("PODVAULT_REGENERATE").is_some();
+    for (path, want) in generated_rules() {
+        if regenerate {
+            fs::write(&path, &want).unwrap();
+        }
+        let on_disk = fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == want,
+            "{} is stale; regenerate with: PODVAULT_REGENERATE=1 cargo test -p podvault-controller --test deploy",
+            path.display()
+        );
+    }
+    // The manifest's spec is the rule file, value for value.
+    let source = documents(&deploy().join(RULES_SOURCE)).remove(0);
+    let manifest = documents(&deploy().join(RULES_MANIFEST)).remove(0);
+    assert_eq!(manifest["spec"], source);
+    let rules = source["groups"][0]["rules"].as_array().unwrap();
     let alerts: Vec<_> = rules.iter().map(|r| r["alert"].as_str().unwrap()).collect();
     assert_eq!(
         alerts,
         [
             "PodvaultBackupFailed",
+            "PodvaultRestoreFailed",
             "PodvaultBackupStale",
-            "PodvaultAgentMissing"
+            "PodvaultBackupStuck",
+            "PodvaultAgentMissing",
+            "PodvaultControllerMissing",
         ]
     );
-    let stale = rules[1]["expr"].as_str().unwrap();
-    let metrics = podvault_controller::metrics::Metrics::new().unwrap();
-    metrics
-        .schedule_interval
-        .with_label_values(&["ns", "pvc/x"])
-        .set(1.0);
-    metrics
-        .last_success
-        .with_label_values(&["ns", "pvc/x"])
-        .set(1.0);
-    let text = metrics.render();
-    for name in [
-        "podvault_backup_last_success_timestamp_seconds",
-        "podvault_backup_schedule_interval_seconds",
-    ] {
-        assert!(stale.contains(name), "stale alert lacks {name}");
-        assert!(text.contains(&format!("{name}{{namespace=\"ns\",series=\"pvc/x\"}}")));
+    for rule in rules {
+        let alert = rule["alert"].as_str().unwrap();
+        let expr = rule["expr"].as_str().unwrap();
+        assert!(
+            !expr.contains("increase("),
+            "{alert}: a counter born at 1 shows no increase()"
+        );
+        for key in ["summary", "description"] {
+            assert!(rule["annotations"][key].is_string(), "{alert}: no {key}");
+        }
+        assert!(
+            rule["labels"]["severity"].is_string(),
+            "{alert}: no severity"
+        );
     }
-    assert!(stale.contains("2 *"));
+    let stale = rules[2]["expr"].as_str().unwrap();
+    assert!(stale
+        .contains("2 * max by (namespace, series) (podvault_backup_schedule_interval_seconds)"));
+}
+
+/// Metric names in a PromQL expression (or a Grafana query) that start with `podvault_`.
+fn podvault_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|t| t.starts_with("podvault_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The controller's real `/metrics` text with every metric given a sample.
+fn controller_metrics_text() -> String {
+    use podvault_controller::history::SeriesState;
+    let m = podvault_controller::metrics::Metrics::new().unwrap();
+    m.reconciliations.inc();
+    m.reconcile_errors.with_label_values(&["list"]).inc();
+    m.reconcile_duration.observe(0.1);
+    m.backups_scheduled
+        .with_label_values(&["ns", "created"])
+        .inc();
+    m.volumes_skipped.with_label_values(&["host_path"]).inc();
+    m.history_deleted.with_label_values(&["backup"]).inc();
+    m.leader.set(1);
+    let t = chrono::DateTime::<chrono::Utc>::from_timestamp(1_700_000_000, 0).unwrap();
+    let state = SeriesState {
+        interval: Some(3600.0),
+        first_seen: t,
+        last_success: Some(t),
+        last_failure: Some(t),
+        oldest_new: Some(t),
+        oldest_in_progress: Some(t),
+    };
+    m.set_series(
+        &[(("ns".to_string(), "pvc/x".to_string()), state)].into(),
+        t,
+    );
+    m.render()
+}
+
+/// Metric names the agent registers: the `"podvault_…"` literals of its metrics module (its
+/// unit test checks that each of them is in the agent's real `/metrics` output; the
+/// controller does not depend on the agent, so it reads the declarations).
+fn agent_metric_names() -> Vec<String> {
+    let src = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/src/worker/metrics.rs"),
+    )
+    .unwrap();
+    let src = &src[..src.find("#[cfg(test)]").unwrap()];
+    let names: Vec<String> = src
+        .split('"')
+        .filter(|t| {
+            t.starts_with("podvault_") && t.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        })
+        .map(str::to_string)
+        .collect();
+    assert!(names.len() >= 8, "{names:?}");
+    names
+}
+
+/// True when `name` (possibly a histogram's `_bucket`/`_sum`/`_count`) is exported.
+fn exported(name: &str, controller: &str, agent: &[String]) -> bool {
+    let base = ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name);
+    controller.lines().any(|l| {
+        l.strip_prefix(name)
+            .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+    }) || agent.iter().any(|a| a == name || a == base)
+}
+
+#[test]
+fn alerts_and_dashboard_use_only_exported_metrics() {
+    let controller = controller_metrics_text();
+    let agent = agent_metric_names();
+    let mut exprs: Vec<(String, String)> = Vec::new();
+    let rules = documents(&deploy().join(RULES_SOURCE)).remove(0);
+    for rule in rules["groups"][0]["rules"].as_array().unwrap() {
+        exprs.push((
+            format!("alert {}", rule["alert"].as_str().unwrap()),
+            rule["expr"].as_str().unwrap().to_string(),
+        ));
+    }
+    let text = fs::read_to_string(deploy().join("grafana/podvault-dashboard.json")).unwrap();
+    let dash: Value = serde_json::from_str(&text).unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 6);
+    for p in panels {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            assert!(expr.contains("podvault_"), "{t}");
+            exprs.push((format!("panel {}", p["title"]), expr.to_string()));
+        }
+    }
+    for v in dash["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["query"].as_str() {
+            exprs.push((format!("variable {}", v["name"]), q.to_string()));
+        }
+    }
+    let mut checked = 0;
+    for (what, expr) in &exprs {
+        for name in podvault_names(expr) {
+            assert!(
+                exported(&name, &controller, &agent),
+                "{what} reads {name}, which neither the agent nor the controller exports"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} metric references found");
+    // And the check itself can fail.
+    assert!(!exported(
+        "podvault_backups_failed_total",
+        &controller,
+        &agent
+    ));
 }
 
 #[test]
@@ -330,17 +544,4 @@ fn helm_chart_mirrors_the_manifests() {
     let agent = fs::read_to_string(chart.join("templates/agent.yaml")).unwrap();
     assert!(agent.contains("mountPropagation: HostToContainer"));
     assert!(agent.contains("fieldPath: spec.nodeName"));
-}
-
-#[test]
-fn dashboard_is_valid_json_over_podvault_metrics() {
-    let text = fs::read_to_string(deploy().join("grafana/podvault-dashboard.json")).unwrap();
-    let dash: Value = serde_json::from_str(&text).unwrap();
-    let panels = dash["panels"].as_array().unwrap();
-    assert!(panels.len() >= 6);
-    for p in panels {
-        for t in p["targets"].as_array().unwrap() {
-            assert!(t["expr"].as_str().unwrap().contains("podvault_"), "{t}");
-        }
-    }
 }

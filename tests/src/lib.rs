@@ -359,3 +359,4 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 }
 
 pub mod proxy;
+pub mod tls;

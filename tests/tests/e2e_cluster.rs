@@ -164,10 +164,12 @@ fn controller_bin() -> PathBuf {
 
 /// Now as RFC 3339 (UTC, seconds).
 fn rfc3339_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64;
+    rfc3339(unix_now().as_secs())
+}
+
+/// Seconds since the epoch as RFC 3339 (UTC, seconds).
+fn rfc3339(secs: u64) -> String {
+    let secs = secs as i64;
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
     let z = days + 719_468;
@@ -298,29 +300,30 @@ impl Drop for Harness {
             p.kill();
         }
         if failed {
+            // Keep the logs (not the gigabytes of volumes and repository).
+            let kept = std::env::temp_dir().join(format!("podvault-e2e-{}-logs", self.run));
+            let _ = fs::create_dir_all(&kept);
             println!("\n===== e2e_cluster FAILED: logs of the child processes =====");
             for p in &self.procs {
+                let file = p.log.file_name().map(|n| kept.join(n));
+                if let Some(file) = &file {
+                    let _ = fs::copy(&p.log, file);
+                }
                 println!(
-                    "----- {} (exit {:?}; full log {}) -----\n{}",
+                    "----- {} (exit: {}; full log {}) -----\n{}",
                     p.name,
-                    p.status,
-                    p.log.display(),
+                    p.status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "running".into()),
+                    file.unwrap_or_default().display(),
                     tail(&p.log_text(), 150)
                 );
             }
             println!(
-                "objects are left in namespace {} (pods are deleted)",
-                self.ns
+                "objects are left in namespace {} (pods are deleted); logs kept in {}",
+                self.ns,
+                kept.display()
             );
-            // Keep the logs (not the gigabytes of volumes and repository).
-            let kept = std::env::temp_dir().join(format!("podvault-e2e-{}-logs", self.run));
-            let _ = fs::create_dir_all(&kept);
-            for p in &self.procs {
-                if let Some(name) = p.log.file_name() {
-                    let _ = fs::copy(&p.log, kept.join(name));
-                }
-            }
-            println!("logs kept in {}", kept.display());
         }
         // Pods: force-deleted always (a future controller must not schedule for them).
         let _ = self.kubectl(
@@ -833,7 +836,7 @@ fn podvault_against_a_real_api_server() {
         "the repository must not exist yet"
     );
     // Leave at least 8 s before the tick for creating the pod and its directories.
-    let into_minute = unix_now().as_secs() % 60; let _ = h.wait_for("never", Duration::from_secs(2), POLL, ("backuprepository", &h.repo_name.clone(), None), || None::<()>);
+    let into_minute = unix_now().as_secs() % 60;
     if into_minute > 52 {
         std::thread::sleep(Duration::from_secs(61 - into_minute));
     }
@@ -907,6 +910,11 @@ fn podvault_against_a_real_api_server() {
             "PVB {name} must be created with finalizer {FINALIZER}; first version seen:\n{first:#}"
         );
         assert_eq!(s(v, "/status/node"), node_a, "status.node of {name}");
+        assert_eq!(
+            s(v, "/metadata/annotations/podvault.dev~1scheduled-for"),
+            rfc3339(tick),
+            "PVB {name} must be for the first tick after the pod started"
+        );
     }
     let data_pvb = done
         .iter()
@@ -935,11 +943,12 @@ fn podvault_against_a_real_api_server() {
     );
     let keys = count_files(&h.repo_dir.join("keys"));
     assert_eq!(keys, 1, "exactly one key in the fresh repository");
+    let snapshots = h.snapshots();
+    assert_eq!(snapshots, 2, "one snapshot per completed PVB");
     h.result(&format!(
-        "both PVBs Completed {:.1}s after the tick ({}), labelled {LABEL_NODE}={node_a}, created with the finalizer; BackupRepository initialized=true Ready=True; keys/ has {keys} file; {} snapshots",
+        "both PVBs Completed {:.1}s after the tick ({}), labelled {LABEL_NODE}={node_a}, created with the finalizer; BackupRepository initialized=true Ready=True; keys/ has {keys} file; {snapshots} snapshots",
         took.as_secs_f64(),
         scheduled.join(", "),
-        h.snapshots()
     ));
     // No more scheduled backups: later steps count snapshots.
     h.k(&[
@@ -965,7 +974,7 @@ fn podvault_against_a_real_api_server() {
     .expect("manifest");
     h.k(&["create", "-f", manual.to_str().expect("utf-8 path")]);
     let t0 = Instant::now();
-    let v = h.wait_phase("pvb", "manual-data", "Canceled", Duration::from_secs(120));
+    let v = h.wait_phase("pvb", "manual-data", "Completed", Duration::from_secs(120));
     assert_eq!(
         node_label(&v).as_deref(),
         Some(node_a.as_str()),
@@ -973,6 +982,11 @@ fn podvault_against_a_real_api_server() {
         h.yaml("pvb", "manual-data", Some(&ns))
     );
     let versions = Harness::history(&pvbs, "manual-data");
+    assert!(
+        versions.first().is_some_and(|v| node_label(v).is_none()),
+        "the watch must see manual-data first as created, without {LABEL_NODE}: {:#}",
+        Value::Array(versions.clone())
+    );
     assert!(
         versions
             .iter()

@@ -103,6 +103,10 @@ impl Swapper {
                     for _ in 0..rng.random_range(0..64u32) {
                         std::hint::spin_loop();
                     }
+                    // Leave the victim its share of a busy machine.
+                    if n % 8 == 0 {
+                        std::thread::yield_now();
+                    }
                 }
             })
         };
@@ -136,9 +140,12 @@ fn replant(a: &Path, b: &Path, outside: &Path, junk: &Path, n: u64) {
     let _ = std::os::unix::fs::symlink(outside, b);
 }
 
-/// Everything about a tree that a write would change: per path its type, inode, link
-/// count, size, mtime, mode and (for files) content.
-fn state(root: &Path) -> BTreeMap<PathBuf, (u32, u64, u64, u64, i64, Vec<u8>)> {
+/// What a write would change about one entry: mode (with type), inode, link count, size,
+/// mtime and (for files) content.
+type EntryState = (u32, u64, u64, u64, i64, Vec<u8>);
+
+/// Everything about a tree that a write would change, per path.
+fn state(root: &Path) -> BTreeMap<PathBuf, EntryState> {
     let mut out = BTreeMap::new();
     for e in walkdir::WalkDir::new(root).follow_links(false) {
         let e = e.expect("walk outside tree");

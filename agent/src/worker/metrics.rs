@@ -3,6 +3,13 @@
 //! Names and labels match `deploy/` (alerts and dashboard). Labels are bounded: `namespace`
 //! and `series` come from the cluster (one value per backed-up series), `node` is this node,
 //! `kind`, `result` and `reason` are fixed strings from `match`es — never error text.
+//!
+//! Failures are visible from the first one: alerts read the per-series
+//! `podvault_backup_last_failure_timestamp_seconds` / `…_last_success_…` gauges (and the
+//! restore ones per namespace), which exist from the moment a result is counted, rather than
+//! `increase()` of a counter that is born at 1. The result counters are still created for
+//! every result at 0 the first time a series (or namespace) is counted, so dashboards'
+//! `increase()` sees later changes of any result.
 
 use std::net::SocketAddr;
 
@@ -30,6 +37,12 @@ pub struct AgentMetrics {
     pub bytes_added: IntCounterVec,
     /// Time of the last successful backup of a series (unix seconds).
     pub last_success: GaugeVec,
+    /// Time of the last failed backup of a series (unix seconds).
+    pub last_failure: GaugeVec,
+    /// Time of the last successful restore in a namespace (unix seconds).
+    pub restore_last_success: GaugeVec,
+    /// Time of the last failed restore in a namespace (unix seconds).
+    pub restore_last_failure: GaugeVec,
     /// Operations running on this node.
     pub in_flight: IntGaugeVec,
     /// Failed operations by kind and fixed reason.
@@ -85,6 +98,27 @@ impl AgentMetrics {
             ),
             &["namespace", "series"],
         )?;
+        let last_failure = GaugeVec::new(
+            Opts::new(
+                "podvault_backup_last_failure_timestamp_seconds",
+                "Completion time of the last failed backup of a series on this node",
+            ),
+            &["namespace", "series"],
+        )?;
+        let restore_last_success = GaugeVec::new(
+            Opts::new(
+                "podvault_restore_last_success_timestamp_seconds",
+                "Completion time of the last successful restore in a namespace on this node",
+            ),
+            &["namespace"],
+        )?;
+        let restore_last_failure = GaugeVec::new(
+            Opts::new(
+                "podvault_restore_last_failure_timestamp_seconds",
+                "Completion time of the last failed restore in a namespace on this node",
+            ),
+            &["namespace"],
+        )?;
         let in_flight = IntGaugeVec::new(
             Opts::new(
                 "podvault_operations_in_flight",
@@ -105,6 +139,9 @@ impl AgentMetrics {
         registry.register(Box::new(bytes_read.clone()))?;
         registry.register(Box::new(bytes_added.clone()))?;
         registry.register(Box::new(last_success.clone()))?;
+        registry.register(Box::new(last_failure.clone()))?;
+        registry.register(Box::new(restore_last_success.clone()))?;
+        registry.register(Box::new(restore_last_failure.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         Ok(AgentMetrics {
@@ -115,6 +152,9 @@ impl AgentMetrics {
             bytes_read,
             bytes_added,
             last_success,
+            last_failure,
+            restore_last_success,
+            restore_last_failure,
             in_flight,
             errors,
         })
@@ -160,6 +200,18 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// Every metric name this module registers (the `"podvault_…"` literals above).
+    fn declared_names() -> Vec<String> {
+        let src = include_str!("metrics.rs");
+        let src = &src[..src.find("#[cfg(test)]").unwrap()];
+        src.split('"')
+            .filter(|t| {
+                t.starts_with("podvault_") && t.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
     #[test]
     fn names_and_labels_match_deploy() {
         let m = AgentMetrics::new().unwrap();
@@ -177,7 +229,17 @@ mod tests {
         m.last_success
             .with_label_values(&["shop", "pvc/db"])
             .set(1.7e9);
+        m.last_failure
+            .with_label_values(&["shop", "pvc/db"])
+            .set(1.8e9);
+        m.restore_last_success
+            .with_label_values(&["shop"])
+            .set(1.7e9);
+        m.restore_last_failure
+            .with_label_values(&["shop"])
+            .set(1.8e9);
         m.in_flight.with_label_values(&["node-a"]).set(1);
+        m.errors.with_label_values(&["backup", "io"]).inc();
         let text = m.render();
         for needle in [
             r#"podvault_backups_total{namespace="shop",result="failed",series="pvc/db"} 1"#,
@@ -186,25 +248,29 @@ mod tests {
             r#"podvault_backup_bytes_read_total{namespace="shop",series="pvc/db"} 5"#,
             r#"podvault_backup_bytes_added_total{namespace="shop",series="pvc/db"} 2"#,
             r#"podvault_backup_last_success_timestamp_seconds{namespace="shop",series="pvc/db"} 1700000000"#,
+            r#"podvault_backup_last_failure_timestamp_seconds{namespace="shop",series="pvc/db"} 1800000000"#,
+            r#"podvault_restore_last_success_timestamp_seconds{namespace="shop"} 1700000000"#,
+            r#"podvault_restore_last_failure_timestamp_seconds{namespace="shop"} 1800000000"#,
             r#"podvault_operations_in_flight{node="node-a"} 1"#,
+            r#"podvault_agent_operation_errors_total{kind="backup",reason="io"} 1"#,
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
-        // Every metric the deploy/ alerts and dashboard read from the agent exists.
-        let deploy = concat!(
-            include_str!("../../../deploy/manifests/60-prometheusrule.yaml"),
-            include_str!("../../../deploy/grafana/podvault-dashboard.json")
-        );
+        // Every declared metric is exported (so deploy/'s checks may trust the declarations).
+        let names = declared_names();
+        assert_eq!(names.len(), 11, "{names:?}");
+        for name in &names {
+            assert!(text.contains(&format!("\n{name}")), "{name} not exported");
+        }
+        // The alerts read the per-series gauges, never increase() of a counter born at 1.
+        let rules = include_str!("../../../deploy/prometheus/podvault-rules.yaml");
         for name in [
-            "podvault_backups_total",
-            "podvault_backup_duration_seconds_bucket",
-            "podvault_backup_bytes_read_total",
-            "podvault_backup_bytes_added_total",
             "podvault_backup_last_success_timestamp_seconds",
-            "podvault_operations_in_flight",
+            "podvault_backup_last_failure_timestamp_seconds",
+            "podvault_restore_last_success_timestamp_seconds",
+            "podvault_restore_last_failure_timestamp_seconds",
         ] {
-            assert!(deploy.contains(name), "{name} not used by deploy/");
-            assert!(text.contains(name), "{name} not exported");
+            assert!(rules.contains(name), "{name} not used by the alerts");
         }
     }
 

@@ -32,7 +32,7 @@ use super::decide::{claimed, next_action, placement, NextAction, Observed, CONDI
 use super::execute::{execute_backup, execute_restore, BackupJob, RestoreJob};
 use super::outcome::{Failure, OpResult, Reason, Report};
 use super::prepare::{pod, prepare, Prepared};
-use super::status::{claim, set_finalizer, spawn_progress, write_final};
+use super::status::{claim, set_finalizer, spawn_progress, write_final, Final};
 use crate::progress::Progress;
 
 /// What the agent needs to know about PodVolumeBackup and PodVolumeRestore alike.
@@ -314,13 +314,29 @@ pub fn series_label<K: Operation>(obj: &K, report: Option<&Report>) -> String {
         .metric_label()
 }
 
-/// Counts a finished operation in the metrics (one place for both kinds).
+/// Every result, so that a series' counters all exist (at 0) once it has been counted.
+const RESULTS: [OpResult; 4] = [
+    OpResult::Completed,
+    OpResult::Partial,
+    OpResult::Failed,
+    OpResult::Canceled,
+];
+
+/// Counts a finished operation in the metrics (one place for both kinds): the result
+/// counters, and the last-success / last-failure gauges the alerts read (they exist from the
+/// first result on, so the first failure of a series, or the first after a restart, alerts;
+/// a counter born at 1 shows no `increase()`).
 fn count<K: Operation>(ctx: &Agent, obj: &K, report: &Report, elapsed: Option<Duration>) {
     let ns = obj.namespace().unwrap_or_default();
     let m = &ctx.metrics;
     let result = report.result.as_str();
+    let now = chrono::Utc::now().timestamp() as f64;
     if K::KIND == "backup" {
         let series = series_label(obj, Some(report));
+        for r in RESULTS {
+            m.backups
+                .with_label_values(&[ns.as_str(), series.as_str(), r.as_str()]);
+        }
         m.backups
             .with_label_values(&[ns.as_str(), series.as_str(), result])
             .inc();
@@ -335,13 +351,33 @@ fn count<K: Operation>(ctx: &Agent, obj: &K, report: &Report, elapsed: Option<Du
         m.bytes_added
             .with_label_values(&[ns.as_str(), series.as_str()])
             .inc_by(report.bytes_added);
-        if report.result.succeeded() {
-            m.last_success
+        let last = if report.result.succeeded() {
+            Some(&m.last_success)
+        } else if report.result == OpResult::Failed {
+            Some(&m.last_failure)
+        } else {
+            None
+        };
+        if let Some(gauge) = last {
+            gauge
                 .with_label_values(&[ns.as_str(), series.as_str()])
-                .set(chrono::Utc::now().timestamp() as f64);
+                .set(now);
         }
     } else {
+        for r in RESULTS {
+            m.restores.with_label_values(&[ns.as_str(), r.as_str()]);
+        }
         m.restores.with_label_values(&[ns.as_str(), result]).inc();
+        let last = if report.result.succeeded() {
+            Some(&m.restore_last_success)
+        } else if report.result == OpResult::Failed {
+            Some(&m.restore_last_failure)
+        } else {
+            None
+        };
+        if let Some(gauge) = last {
+            gauge.with_label_values(&[ns.as_str()]).set(now);
+        }
     }
     if report.result == OpResult::Failed {
         let reason = report.reason.unwrap_or(Reason::Api);
@@ -469,9 +505,12 @@ pub async fn run_operation<K: Operation>(
     }
     let after = write_final(&api, &name, &report.status).await;
     // Deleted while it ran, but the engine had already committed: take the snapshot back.
-    let deleting = after
-        .as_ref()
-        .is_none_or(|o| o.meta().deletion_timestamp.is_some());
+    // (Not when the API server could not be reached: then nothing says it was deleted.)
+    let deleting = match &after {
+        Final::Written(o) => o.meta().deletion_timestamp.is_some(),
+        Final::Gone => true,
+        Final::Unknown => false,
+    };
     if deleting && K::WRITES_REPOSITORY && report.result.succeeded() {
         if let Some(id) = report.status.snapshot_id.clone() {
             match forget_snapshot(&ctx, &obj, &id).await {
@@ -495,7 +534,7 @@ pub async fn run_operation<K: Operation>(
         EventType::Normal
     };
     ctx.publish(&obj, type_, phase.as_str(), message).await;
-    if let Some(o) = after {
+    if let Final::Written(o) = after {
         if let Err(e) = set_finalizer(&api, &o, false).await {
             tracing::warn!(object = %format!("{ns}/{name}"), error = %e, "could not release the finalizer (the next reconcile retries)");
         }

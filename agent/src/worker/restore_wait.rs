@@ -339,7 +339,7 @@ mod tests {
         std::os::unix::fs::symlink(dir.join("elsewhere"), m.join("a-link")).unwrap();
         rustix::fs::mkfifoat(
             rustix::fs::CWD,
-            &m.join("b-fifo"),
+            m.join("b-fifo"),
             Mode::from_raw_mode(0o644),
         )
         .unwrap();

@@ -52,24 +52,34 @@ pub async fn patch_status<K: Operation>(
     api.patch_status(name, &pp, &Patch::Merge(&patch)).await
 }
 
-/// Writes the final status, retrying transient API errors a few times. Returns the object as
-/// the API server has it afterwards (`None` when it is gone or every attempt failed).
+/// What became of the final status write.
+#[derive(Debug)]
+pub enum Final<K> {
+    /// Written; the object as the API server has it now.
+    Written(K),
+    /// The object no longer exists.
+    Gone,
+    /// Every attempt failed (the API server is unreachable); the object's state is unknown.
+    Unknown,
+}
+
+/// Writes the final status, retrying transient API errors a few times.
 pub async fn write_final<K: Operation>(
     api: &Api<K>,
     name: &str,
     status: &impl Serialize,
-) -> Option<K> {
+) -> Final<K> {
     for attempt in 1..=5u32 {
         match patch_status(api, name, status).await {
-            Ok(o) => return Some(o),
-            Err(kube::Error::Api(s)) if s.code == 404 => return None,
+            Ok(o) => return Final::Written(o),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Final::Gone,
             Err(e) => {
                 tracing::warn!(object = %name, attempt, error = %e, "final status update failed");
                 tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
             }
         }
     }
-    None
+    Final::Unknown
 }
 
 /// Sets whether `obj` carries the agent's finalizer. Reads the object again after a 409
