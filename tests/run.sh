@@ -15,6 +15,15 @@ if [ ! -x "$VENV/bin/moto_server" ]; then
   "$VENV/bin/pip" install --quiet 'moto[server]'
 fi
 
+# promtool and prometheus for the alert tests (the binaries only; the package's service is
+# stopped where systemd runs it).
+if ! command -v promtool >/dev/null; then
+  echo "installing prometheus (promtool and a real Prometheus for the alert tests)" >&2
+  SUDO=${SUDO:-$( [ "$(id -u)" = 0 ] || echo sudo )}
+  $SUDO apt-get update -qq >&2 && $SUDO apt-get install -y -qq --no-install-recommends prometheus >&2
+  if command -v systemctl >/dev/null; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+fi
+
 PORT=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 LOG=$(mktemp -t podvault-moto.XXXXXX.log)
 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" >"$LOG" 2>&1 &

@@ -80,6 +80,11 @@ pub struct BackupOptions {
     /// Compression workers (default: number of CPUs).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Stay on the file system of each path: file systems mounted below it are not entered
+    /// (a mount point is stored as an empty directory). The node agent always sets this: a
+    /// mount inside a volume is not the volume owner's to back up.
+    #[arg(long)]
+    pub one_file_system: bool,
 }
 
 /// The result of a backup.
@@ -212,7 +217,15 @@ pub fn backup(
     let chunker = repo.config().chunker;
     let in_flight = InFlight::new(threads * 2 * chunker.avg_size as usize);
     let (root, summary, used_packs) = thread::scope(|scope| -> Result<_> {
-        scope.spawn(|| scan(&roots, &excludes, false, progress, &scan_done));
+        scope.spawn(|| {
+            scan(
+                &roots,
+                &excludes,
+                opts.one_file_system,
+                progress,
+                &scan_done,
+            )
+        });
         // The byte budget bounds memory; the job count only needs to let many tiny files
         // queue up without the walker and the workers waking each other per file.
         let (tx, rx) = bounded::<Job>(threads * 64);
@@ -246,7 +259,7 @@ pub fn backup(
                 .map_err(|e| Error::InvalidInput(format!("zstd: {e}")))?,
             used_packs: HashSet::new(),
             in_flight: &in_flight,
-            one_file_system: false,
+            one_file_system: opts.one_file_system,
         };
         let walked = walker.walk_roots(&roots, parent_tree);
         // Closing the channel lets the workers drain and exit, whatever happened.

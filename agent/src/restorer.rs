@@ -103,6 +103,11 @@ pub struct RestoreOptions {
     /// Parallel pack readers.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    /// Restricted policy for untrusted snapshots: no device nodes, no setuid/setgid bits,
+    /// no owner uid 0 (given uid 65534 instead), nothing written into another file system
+    /// mounted inside the target. The node agent sets this unless allowed otherwise.
+    #[arg(long)]
+    pub restricted: bool,
 }
 
 /// Owner given to entries the snapshot says belong to uid 0, under the restricted policy
@@ -292,7 +297,7 @@ pub fn restore(
     fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
     let root_fd = fsat::open_root(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
     let root_meta = fsat::fstat(root_fd.as_fd()).map_err(|e| Error::io(&opts.target, e))?;
-    let restricted = false;
+    let restricted = opts.restricted;
     let policy = Policy {
         root: rustix::process::geteuid().is_root(),
         restricted,

@@ -259,4 +259,42 @@ mod tests {
             assert!(line.starts_with("podvault_"), "{line}");
         }
     }
+
+    #[test]
+    fn series_gauges_are_replaced_each_sweep() {
+        let m = Metrics::new().unwrap();
+        let t = |s: i64| DateTime::<Utc>::from_timestamp(s, 0).unwrap();
+        let state = SeriesState {
+            interval: None,
+            first_seen: t(100),
+            last_success: None,
+            last_failure: Some(t(200)),
+            oldest_new: Some(t(300)),
+            oldest_in_progress: None,
+        };
+        let key = ("shop".to_string(), "pod/job-1/data".to_string());
+        m.set_series(&[(key, state)].into(), t(400));
+        let text = m.render();
+        for needle in [
+            r#"podvault_backup_series_first_seen_timestamp_seconds{namespace="shop",series="pod/job-1/data"} 100"#,
+            r#"podvault_backup_last_failure_timestamp_seconds{namespace="shop",series="pod/job-1/data"} 200"#,
+            r#"podvault_backup_oldest_unfinished_timestamp_seconds{namespace="shop",phase="New",series="pod/job-1/data"} 300"#,
+            "podvault_controller_last_sweep_timestamp_seconds 400",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        // Not scheduled: no interval; no success or InProgress backup: no sample.
+        for absent in [
+            "podvault_backup_schedule_interval_seconds{",
+            "podvault_backup_last_success_timestamp_seconds{",
+            "phase=\"InProgress\"",
+        ] {
+            assert!(!text.contains(absent), "{absent} in\n{text}");
+        }
+        // The pod is gone: the next sweep drops every series gauge.
+        m.set_series(&BTreeMap::new(), t(460));
+        let text = m.render();
+        assert!(!text.contains("series=\"pod/job-1/data\""), "{text}");
+        assert!(text.contains("podvault_controller_last_sweep_timestamp_seconds 460"));
+    }
 }

@@ -287,12 +287,13 @@ mod tests {
     }
 
     fn pod(node: Option<&str>) -> Pod {
-        let mut p = Pod::default();
-        p.spec = Some(k8s_openapi::api::core::v1::PodSpec {
-            node_name: node.map(str::to_string),
+        Pod {
+            spec: Some(k8s_openapi::api::core::v1::PodSpec {
+                node_name: node.map(str::to_string),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
-        p
+        }
     }
 
     const T: Duration = Duration::from_secs(300);

@@ -21,7 +21,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use podvault_proto::crd::{PodVolumeBackup, PodVolumeRestore};
-use podvault_proto::k8s::{Series, VolumeError};
+use podvault_proto::k8s::VolumeError;
 use serde_json::json;
 
 use crate::history::{self, HistoryLimits};

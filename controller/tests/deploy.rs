@@ -325,9 +325,8 @@ fn helm_escape(text: &str) -> String {
 
 fn prometheus_rule(namespace: &str, spec: &str) -> String {
     format!(
-        "# Generated from deploy/{RULES_SOURCE} (what each alert covers is documented there); edit\n\
-         # that file and regenerate with\n\
-         # `PODVAULT_REGENERATE=1 cargo test -p podvault-controller --test deploy`.\n\
+        "# Generated from deploy/{RULES_SOURCE}, which documents each alert. Edit that\n\
+         # file, then: PODVAULT_REGENERATE=1 cargo test -p podvault-controller --test deploy\n\
          apiVersion: monitoring.coreos.com/v1\n\
          kind: PrometheusRule\n\
          metadata:\n\

@@ -463,6 +463,13 @@ pub struct BackupRepositorySpec {
     /// Allow PodVolumeRestores to restore snapshots taken in another namespace.
     #[serde(default)]
     pub allow_cross_namespace_restore: bool,
+    /// Let restores recreate device nodes, setuid/setgid bits and files owned by uid 0.
+    /// Off by default: a snapshot's content is whatever the pod owning the volume wrote, and
+    /// the agent restores as root. Only a cluster admin can set it (BackupRepositories are
+    /// cluster-scoped); a PodVolumeRestore cannot, since the namespace that creates it is the
+    /// one the policy protects against.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_privileged_restore: bool,
 }
 
 impl BackupRepositorySpec {

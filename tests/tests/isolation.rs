@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -114,6 +114,20 @@ impl Swapper {
             stop,
             swaps,
             handle: Some(handle),
+        }
+    }
+
+    /// Waits (up to a second) until the swapper has swapped again since `seen`; returns the
+    /// count. Keeps fast victims (a marker write takes microseconds on tmpfs) from finishing
+    /// before the swapper gets a core.
+    fn advanced(&self, seen: u64) -> u64 {
+        let start = std::time::Instant::now();
+        loop {
+            let n = self.swaps.load(Ordering::Relaxed);
+            if n > seen || start.elapsed() > std::time::Duration::from_secs(1) {
+                return n;
+            }
+            std::thread::yield_now();
         }
     }
 
@@ -330,7 +344,9 @@ fn racing_swap_never_makes_an_in_place_restore_write_outside() {
 
     let swapper = Swapper::start(&target, "d", "link", &outside);
     let (mut completed, mut refused) = (0usize, 0usize);
+    let mut seen = 0;
     for attempt in 0..RESTORE_ATTEMPTS {
+        seen = swapper.advanced(seen);
         let opts = RestoreOptions {
             target: target.clone(),
             threads: 2,
@@ -402,7 +418,9 @@ fn racing_swap_never_makes_the_marker_land_outside() {
     let before = state(&outside);
     let swapper = Swapper::start(&vol, ".podvault", "link", &outside);
     let (mut written, mut refused) = (0usize, 0usize);
+    let mut seen = 0;
     for attempt in 0..MARKER_ATTEMPTS {
+        seen = swapper.advanced(seen);
         let uid = format!("uid-{attempt}");
         match podvault::worker::restore_wait::put_marker(&vol, &uid, "0123abcd") {
             Ok(p) => {
@@ -424,5 +442,186 @@ fn racing_swap_never_makes_the_marker_land_outside() {
         "marker race: {MARKER_ATTEMPTS} markers ({written} written, {refused} refused), \
          {swaps} swaps, 0 changes outside the volume"
     );
-    assert!(swaps > 0);
+    assert!(
+        swaps >= MARKER_ATTEMPTS as u64,
+        "the swapper barely ran ({swaps} swaps)"
+    );
+}
+
+#[test]
+fn restricted_policy_plants_no_device_setuid_or_root_owner() {
+    let tmp = scratch();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("plain"), b"plain").unwrap();
+    fs::write(src.join("suid-root"), b"#!/bin/sh\nid\n").unwrap();
+    // Owner first: chown clears setuid/setgid bits.
+    std::os::unix::fs::chown(src.join("suid-root"), Some(0), Some(0)).unwrap();
+    fs::set_permissions(src.join("suid-root"), fs::Permissions::from_mode(0o6755)).unwrap();
+    fs::write(src.join("user-owned"), b"user").unwrap();
+    std::os::unix::fs::chown(src.join("user-owned"), Some(1234), Some(1234)).unwrap();
+    let device = rustix::fs::mknodat(
+        CWD,
+        src.join("null-dev"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 3),
+    );
+    let has_device = match device {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("skipping the device-node part: mknod is not permitted here ({e})");
+            false
+        }
+    };
+    let repo = repository(&tmp.path().join("repo"));
+    let snap = backup(
+        &repo,
+        &BackupOptions {
+            paths: vec![src.clone()],
+            ..BackupOptions::default()
+        },
+        &Progress::default(),
+        &AtomicBool::new(false),
+    )
+    .unwrap()
+    .snapshot;
+    assert!(snap.summary.errors.is_empty(), "{:?}", snap.summary.errors);
+    let root = rustix::process::geteuid().is_root();
+
+    let restricted = tmp.path().join("restricted");
+    let out = restore(
+        &repo,
+        &snap,
+        &RestoreOptions {
+            target: restricted.clone(),
+            restricted: true,
+            ..RestoreOptions::default()
+        },
+        &Progress::default(),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let suid = fs::metadata(restricted.join("suid-root")).unwrap();
+    assert_eq!(suid.mode() & 0o7777, 0o755, "setuid/setgid bits dropped");
+    assert_eq!(
+        fs::read(restricted.join("suid-root")).unwrap(),
+        b"#!/bin/sh\nid\n"
+    );
+    if root {
+        assert_eq!(
+            suid.uid(),
+            podvault::restorer::RESTRICTED_UID,
+            "no uid 0 owner"
+        );
+        assert_eq!(
+            fs::metadata(restricted.join("user-owned")).unwrap().uid(),
+            1234
+        );
+    } else {
+        eprintln!("not root: owners are not restored, only the mode bits are checked");
+    }
+    if has_device {
+        assert!(fs::symlink_metadata(restricted.join("null-dev")).is_err());
+        assert!(
+            out.skipped.iter().any(|s| s.ends_with("null-dev")),
+            "{:?}",
+            out.skipped
+        );
+    }
+
+    // The CLI default (unrestricted) restores them as they were.
+    let open = tmp.path().join("unrestricted");
+    restore(
+        &repo,
+        &snap,
+        &RestoreOptions {
+            target: open.clone(),
+            ..RestoreOptions::default()
+        },
+        &Progress::default(),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    if root {
+        let suid = fs::metadata(open.join("suid-root")).unwrap();
+        assert_eq!(suid.mode() & 0o7777, 0o6755);
+        assert_eq!(suid.uid(), 0);
+        if has_device {
+            let m = fs::symlink_metadata(open.join("null-dev")).unwrap();
+            assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+                &m.file_type()
+            ));
+            assert_eq!(m.rdev(), rustix::fs::makedev(1, 3));
+        }
+    }
+}
+
+/// Unmounts on drop.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn one_file_system_does_not_enter_a_mount_inside_the_volume() {
+    let tmp = scratch();
+    let vol = tmp.path().join("vol");
+    fs::create_dir_all(vol.join("mnt")).unwrap();
+    fs::write(vol.join("own"), b"own data").unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "podvault-test",
+            vol.join("mnt").to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipping: mounting a tmpfs is not permitted here");
+        return;
+    }
+    let _guard = Mounted(vol.join("mnt"));
+    fs::write(vol.join("mnt/foreign"), b"another file system").unwrap();
+    let repo = repository(&tmp.path().join("repo"));
+    let run = |one_file_system: bool| {
+        let out = backup(
+            &repo,
+            &BackupOptions {
+                paths: vec![vol.clone()],
+                one_file_system,
+                ..BackupOptions::default()
+            },
+            &Progress::default(),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        let target = tmp.path().join(format!("restored-{one_file_system}"));
+        restore(
+            &repo,
+            &out.snapshot,
+            &RestoreOptions {
+                target: target.clone(),
+                ..RestoreOptions::default()
+            },
+            &Progress::default(),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        target
+    };
+    let kept = run(true);
+    assert_eq!(fs::read(kept.join("own")).unwrap(), b"own data");
+    assert!(kept.join("mnt").is_dir(), "the mount point is kept, empty");
+    assert_eq!(fs::read_dir(kept.join("mnt")).unwrap().count(), 0);
+    let crossed = run(false);
+    assert_eq!(
+        fs::read(crossed.join("mnt/foreign")).unwrap(),
+        b"another file system"
+    );
 }

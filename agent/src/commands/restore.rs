@@ -32,7 +32,7 @@ pub fn run(cli: &Cli, opts: &RestoreOptions) -> Result<u8> {
             out.others
         );
         for s in &out.skipped {
-            eprintln!("skipped {s} (socket, or device node without root)");
+            eprintln!("skipped {s} (socket, or device node without root or under --restricted)");
         }
     }
     Ok(EXIT_OK)

@@ -310,6 +310,7 @@ pub fn backup_options(
         force: false,
         host: Some(node.to_string()),
         threads: None,
+        one_file_system: true,
     }
 }
 
@@ -360,10 +361,16 @@ pub fn restore_series(
 
 /// Engine restore options: snapshot `id` into `target`, the spec's include paths, and
 /// `delete` in Clean mode.
+///
+/// Restores run under the restricted policy (no device nodes, no setuid/setgid bits, no
+/// files owned by uid 0) unless `allow_privileged` (the BackupRepository's
+/// `spec.allowPrivilegedRestore`, which only a cluster admin can set): a snapshot's content
+/// is chosen by whoever owned the volume it was taken of.
 pub fn restore_options(
     spec: &PodVolumeRestoreSpec,
     id: &str,
     target: &std::path::Path,
+    allow_privileged: bool,
 ) -> RestoreOptions {
     RestoreOptions {
         snapshot: id.to_string(),
@@ -371,6 +378,7 @@ pub fn restore_options(
         includes: spec.include_paths.clone(),
         delete: spec.mode == RestoreMode::Clean,
         threads: 4,
+        restricted: !allow_privileged,
     }
 }
 
@@ -653,11 +661,13 @@ status: {{phase: {phase}}}
             mode: RestoreMode::Clean,
             ..Default::default()
         };
-        let r = restore_options(&spec, "ff00", std::path::Path::new("/t"));
+        let r = restore_options(&spec, "ff00", std::path::Path::new("/t"), false);
+        assert!(r.restricted, "agent restores are restricted by default");
+        assert!(!restore_options(&spec, "ff00", std::path::Path::new("/t"), true).restricted);
         assert!(r.delete);
         assert_eq!(r.includes, vec!["db/".to_string()]);
         spec.mode = RestoreMode::Merge;
-        assert!(!restore_options(&spec, "ff00", std::path::Path::new("/t")).delete);
+        assert!(!restore_options(&spec, "ff00", std::path::Path::new("/t"), false).delete);
     }
 
     #[test]

@@ -280,7 +280,12 @@ fn run_restore(
         &job.repo.spec,
     )
     .map_err(|e| Failure::new(Reason::Isolation, e.to_string()))?;
-    let opts = restore_options(spec, &hex, &loc.path);
+    let opts = restore_options(
+        spec,
+        &hex,
+        &loc.path,
+        job.repo.spec.allow_privileged_restore,
+    );
     let outcome = crate::restorer::restore(&repo, &snapshot, &opts, progress, cancel).map_err(
         |e| match e {
             Error::Canceled => Failure::new(Reason::Canceled, "canceled"),
