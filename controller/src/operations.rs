@@ -24,7 +24,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
-use podvault_proto::crd::{Phase, PodVolumeBackup, PodVolumeRestore};
+use podvault_proto::crd::{Phase, PodVolumeBackup, PodVolumeRestore, VolumeOperation};
 use podvault_proto::k8s::{node_label_value, FINALIZER, LABEL_NODE};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -32,9 +32,10 @@ use serde::Serialize;
 use crate::plan::MANAGER;
 use crate::reconciler::Clock;
 
-/// What the controller needs to know of PodVolumeBackups and PodVolumeRestores.
+/// What the routing controller acts on: PodVolumeBackups and PodVolumeRestores.
 pub trait Routed:
-    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    VolumeOperation
+    + Resource<DynamicType = (), Scope = NamespaceResourceScope>
     + Clone
     + Debug
     + Serialize
@@ -43,39 +44,10 @@ pub trait Routed:
     + Sync
     + 'static
 {
-    /// Kind, for messages.
-    const KIND: &'static str;
-    /// `spec.pod`.
-    fn pod_name(&self) -> &str;
-    /// `status.phase` (New when absent).
-    fn phase(&self) -> Phase;
 }
 
-impl Routed for PodVolumeBackup {
-    const KIND: &'static str = "PodVolumeBackup";
-    fn pod_name(&self) -> &str {
-        &self.spec.pod
-    }
-    fn phase(&self) -> Phase {
-        self.status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .unwrap_or_default()
-    }
-}
-
-impl Routed for PodVolumeRestore {
-    const KIND: &'static str = "PodVolumeRestore";
-    fn pod_name(&self) -> &str {
-        &self.spec.pod
-    }
-    fn phase(&self) -> Phase {
-        self.status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .unwrap_or_default()
-    }
-}
+impl Routed for PodVolumeBackup {}
+impl Routed for PodVolumeRestore {}
 
 /// What to do with one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,7 +189,7 @@ pub async fn reconcile_route<K: Routed>(
             });
             match api.patch(&name, &pp, &Patch::Merge(&patch)).await {
                 Ok(_) => {
-                    tracing::info!(kind = K::KIND, object = %format!("{ns}/{name}"), %node, "routed to node");
+                    tracing::info!(kind = K::KIND_NAME, object = %format!("{ns}/{name}"), %node, "routed to node");
                     Ok(Action::await_change())
                 }
                 // Changed meanwhile (the watch brings the new version) or gone.
@@ -256,7 +228,7 @@ pub async fn reconcile_route<K: Routed>(
             });
             match api.patch(&name, &pp, &Patch::Merge(&patch)).await {
                 Ok(_) => {
-                    tracing::info!(kind = K::KIND, object = %format!("{ns}/{name}"), phase = %obj.phase(), "released the finalizer of a deleted object no agent released");
+                    tracing::info!(kind = K::KIND_NAME, object = %format!("{ns}/{name}"), phase = %obj.phase(), "released the finalizer of a deleted object no agent released");
                     Ok(Action::await_change())
                 }
                 Err(kube::Error::Api(s)) if s.is_conflict() || s.code == 404 => {
@@ -274,7 +246,7 @@ pub fn route_error_policy<K: Routed>(
     err: &kube::Error,
     _ctx: Arc<RouteContext>,
 ) -> Action {
-    tracing::warn!(kind = K::KIND, object = %obj.name_any(), error = %err, "routing failed");
+    tracing::warn!(kind = K::KIND_NAME, object = %obj.name_any(), error = %err, "routing failed");
     Action::requeue(Duration::from_secs(15))
 }
 

@@ -348,6 +348,60 @@ pub struct PodVolumeRestoreSpec {
 /// Observed state of a [`PodVolumeRestore`] (the status both operation kinds share).
 pub type PodVolumeRestoreStatus = OperationStatus;
 
+/// What PodVolumeBackups and PodVolumeRestores share: the pod and volume they act on, the
+/// repository, the cancel flag and the status. Agent and controller build on it.
+pub trait VolumeOperation {
+    /// The kind (`PodVolumeBackup`, `PodVolumeRestore`), for messages.
+    const KIND_NAME: &'static str;
+    /// `spec.pod`.
+    fn pod_name(&self) -> &str;
+    /// `spec.volume`.
+    fn volume(&self) -> &str;
+    /// `spec.repository`.
+    fn repository(&self) -> Option<&str>;
+    /// `spec.cancel`.
+    fn cancel_requested(&self) -> bool;
+    /// The status (default when absent).
+    fn operation_status(&self) -> OperationStatus;
+    /// A copy whose status is `status`.
+    fn with_status(&self, status: OperationStatus) -> Self;
+    /// `status.phase` (New when absent).
+    fn phase(&self) -> Phase {
+        self.operation_status().phase.unwrap_or_default()
+    }
+}
+
+macro_rules! volume_operation {
+    ($kind:ty, $name:literal) => {
+        impl VolumeOperation for $kind {
+            const KIND_NAME: &'static str = $name;
+            fn pod_name(&self) -> &str {
+                &self.spec.pod
+            }
+            fn volume(&self) -> &str {
+                &self.spec.volume
+            }
+            fn repository(&self) -> Option<&str> {
+                self.spec.repository.as_deref()
+            }
+            fn cancel_requested(&self) -> bool {
+                self.spec.cancel
+            }
+            fn operation_status(&self) -> OperationStatus {
+                self.status.clone().unwrap_or_default()
+            }
+            fn with_status(&self, status: OperationStatus) -> Self {
+                let mut o = self.clone();
+                o.status = Some(status);
+                o
+            }
+        }
+    };
+}
+
+volume_operation!(PodVolumeBackup, "PodVolumeBackup");
+volume_operation!(PodVolumeRestore, "PodVolumeRestore");
+
 /// An S3 (or S3-compatible) location.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -21,7 +21,9 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use podvault_proto::crd::{OperationStatus, Phase, PodVolumeBackup, PodVolumeRestore};
+use podvault_proto::crd::{
+    OperationStatus, Phase, PodVolumeBackup, PodVolumeRestore, VolumeOperation,
+};
 use podvault_proto::k8s::{Series, ANNOTATION_SERIES, FINALIZER};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -37,7 +39,8 @@ use crate::progress::Progress;
 
 /// What the agent needs to know about PodVolumeBackup and PodVolumeRestore alike.
 pub trait Operation:
-    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    VolumeOperation
+    + Resource<DynamicType = (), Scope = NamespaceResourceScope>
     + Clone
     + Debug
     + Serialize
@@ -52,18 +55,6 @@ pub trait Operation:
     const ACTION: &'static str;
     /// True when the operation writes to the repository (and may create it on first use).
     const WRITES_REPOSITORY: bool;
-    /// `spec.pod`.
-    fn pod_name(&self) -> &str;
-    /// `spec.volume`.
-    fn volume(&self) -> &str;
-    /// `spec.repository`.
-    fn repository(&self) -> Option<&str>;
-    /// `spec.cancel`.
-    fn cancel_requested(&self) -> bool;
-    /// The status (default when absent).
-    fn status(&self) -> OperationStatus;
-    /// A copy whose status is `status`.
-    fn with_status(&self, status: OperationStatus) -> Self;
     /// Runs the engine for this claimed object (blocking; call on a blocking thread).
     fn execute(
         &self,
@@ -79,26 +70,6 @@ impl Operation for PodVolumeBackup {
     const KIND: &'static str = "backup";
     const ACTION: &'static str = "Backup";
     const WRITES_REPOSITORY: bool = true;
-    fn pod_name(&self) -> &str {
-        &self.spec.pod
-    }
-    fn volume(&self) -> &str {
-        &self.spec.volume
-    }
-    fn repository(&self) -> Option<&str> {
-        self.spec.repository.as_deref()
-    }
-    fn cancel_requested(&self) -> bool {
-        self.spec.cancel
-    }
-    fn status(&self) -> OperationStatus {
-        self.status.clone().unwrap_or_default()
-    }
-    fn with_status(&self, status: OperationStatus) -> Self {
-        let mut o = self.clone();
-        o.status = Some(status);
-        o
-    }
     fn execute(
         &self,
         p: Prepared,
@@ -123,26 +94,6 @@ impl Operation for PodVolumeRestore {
     const KIND: &'static str = "restore";
     const ACTION: &'static str = "Restore";
     const WRITES_REPOSITORY: bool = false;
-    fn pod_name(&self) -> &str {
-        &self.spec.pod
-    }
-    fn volume(&self) -> &str {
-        &self.spec.volume
-    }
-    fn repository(&self) -> Option<&str> {
-        self.spec.repository.as_deref()
-    }
-    fn cancel_requested(&self) -> bool {
-        self.spec.cancel
-    }
-    fn status(&self) -> OperationStatus {
-        self.status.clone().unwrap_or_default()
-    }
-    fn with_status(&self, status: OperationStatus) -> Self {
-        let mut o = self.clone();
-        o.status = Some(status);
-        o
-    }
     fn execute(
         &self,
         p: Prepared,
@@ -170,7 +121,7 @@ fn now() -> Time {
 
 /// What the agent observes about `obj` (`running_here` from this process' table).
 pub fn observe<K: Operation>(obj: &K, running_here: bool) -> Observed {
-    let status = obj.status();
+    let status = obj.operation_status();
     Observed {
         phase: status.phase.unwrap_or_default(),
         status_node: status.node.clone(),
@@ -225,7 +176,7 @@ pub async fn reconcile<K: Operation>(obj: Arc<K>, ctx: Arc<Agent>) -> Result<Act
             message,
         } => {
             let status = claimed(
-                &obj.status(),
+                &obj.operation_status(),
                 &node,
                 &ctx.identity,
                 &now(),
@@ -233,7 +184,11 @@ pub async fn reconcile<K: Operation>(obj: Arc<K>, ctx: Arc<Agent>) -> Result<Act
                 Some((phase, reason, message.clone())),
             );
             if let Some(done) = claim(&api, &obj.with_status(status)).await? {
-                let report = Report::failed(&done.status(), Failure::new(reason, &message), now());
+                let report = Report::failed(
+                    &done.operation_status(),
+                    Failure::new(reason, &message),
+                    now(),
+                );
                 count(&ctx, &done, &report, None);
                 let type_ = if phase == Phase::Canceled {
                     EventType::Normal
@@ -258,7 +213,14 @@ pub async fn reconcile<K: Operation>(obj: Arc<K>, ctx: Arc<Agent>) -> Result<Act
             // Registered before the claim so the watch event of our own claim is not mistaken
             // for an interrupted operation.
             ctx.set_running(&uid, Some(run.clone()));
-            let status = claimed(&obj.status(), &node, &ctx.identity, &now(), resume, None);
+            let status = claimed(
+                &obj.operation_status(),
+                &node,
+                &ctx.identity,
+                &now(),
+                resume,
+                None,
+            );
             let claimed_obj = match claim(&api, &obj.with_status(status)).await {
                 Ok(Some(mine)) => mine,
                 Ok(None) => {
@@ -307,7 +269,7 @@ pub fn series_label<K: Operation>(obj: &K, report: Option<&Report>) -> String {
     let ns = obj.namespace().unwrap_or_default();
     report
         .and_then(|r| r.status.series.clone())
-        .or_else(|| obj.status().series)
+        .or_else(|| obj.operation_status().series)
         .or_else(|| obj.annotations().get(ANNOTATION_SERIES).cloned())
         .and_then(|k| k.parse::<Series>().ok())
         .unwrap_or_else(|| Series::pod_volume(&ns, obj.pod_name(), obj.volume()))
@@ -432,7 +394,7 @@ pub async fn run_operation<K: Operation>(
     let _guard = InFlight::new(ctx.clone(), obj.uid().unwrap_or_default(), permit);
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
     let started = Instant::now();
-    let base = obj.status();
+    let base = obj.operation_status();
     let verb = if K::WRITES_REPOSITORY {
         "backing up"
     } else {
