@@ -21,6 +21,19 @@ fn controller_bin() -> PathBuf {
     bin
 }
 
+/// `podvault agent` for node-a with only `KUBECONFIG=config` in its environment.
+fn agent_cmd(config: &std::path::Path) -> Command {
+    let mut agent = Command::new(podvault_bin());
+    agent.env_clear().env("KUBECONFIG", config).args([
+        "agent",
+        "--node",
+        "node-a",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
+    agent
+}
+
 /// Runs `cmd` for at most 60 s (a hang is a failure too).
 fn run_bounded(mut cmd: Command) -> Output {
     let mut child = cmd
@@ -52,14 +65,7 @@ fn agent_and_controller_report_an_api_error_over_https_instead_of_panicking() {
     let config = tmp.path().join("kubeconfig");
     std::fs::write(&config, kubeconfig(&front.url, &ca.ca_pem, "not-a-token")).unwrap();
 
-    let mut agent = Command::new(podvault_bin());
-    agent.env_clear().env("KUBECONFIG", &config).args([
-        "agent",
-        "--node",
-        "node-a",
-        "--metrics-addr",
-        "127.0.0.1:0",
-    ]);
+    let agent = agent_cmd(&config);
     let mut controller = Command::new(controller_bin());
     controller
         .env_clear()
@@ -89,14 +95,7 @@ fn an_api_server_with_an_untrusted_certificate_is_refused_clearly() {
     let config = tmp.path().join("kubeconfig");
     // Trusts another CA than the one that signed the server's certificate.
     std::fs::write(&config, kubeconfig(&front.url, &other.ca_pem, "t")).unwrap();
-    let mut agent = Command::new(podvault_bin());
-    agent.env_clear().env("KUBECONFIG", &config).args([
-        "agent",
-        "--node",
-        "node-a",
-        "--metrics-addr",
-        "127.0.0.1:0",
-    ]);
+    let agent = agent_cmd(&config);
     let out = run_bounded(agent);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
