@@ -57,6 +57,13 @@ pub struct Cli {
     /// PEM file of CA certificates to trust for the S3 endpoint, besides the system's.
     #[arg(long, global = true, env = "PODVAULT_CACERT", value_name = "FILE")]
     pub cacert: Option<PathBuf>,
+    /// Directory of the local metadata cache (snapshots, index, trees; safe to delete)
+    /// [default: $XDG_CACHE_HOME/podvault, else ~/.cache/podvault].
+    #[arg(long, global = true, env = "PODVAULT_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Use no local cache: read all metadata from the repository.
+    #[arg(long, global = true, env = "PODVAULT_NO_CACHE")]
+    pub no_cache: bool,
     /// Log format: `text` (no colours unless on a terminal) or `json` (one object per line).
     #[arg(
         long,
@@ -128,6 +135,20 @@ impl Cli {
             }
         }
         Ok(loc)
+    }
+
+    /// Opens the repository with the local metadata cache (unless `--no-cache`).
+    pub fn open_repo(&self) -> Result<crate::repository::Repository> {
+        let repo = crate::repository::Repository::open(&self.location()?, &self.password(false)?)?;
+        Ok(repo.with_cache(self.cache_root().as_deref(), crate::cache::DEFAULT_LIMIT))
+    }
+
+    /// The cache root in use, if any.
+    pub fn cache_root(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            return None;
+        }
+        self.cache_dir.clone().or_else(crate::cache::default_root)
     }
 
     /// The repository password from a file, the environment, or a terminal prompt.

@@ -10,6 +10,7 @@
 pub mod archiver;
 pub mod backend;
 pub mod blob;
+pub mod cache;
 pub mod check;
 pub mod chunker;
 pub mod cli;

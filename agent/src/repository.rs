@@ -20,6 +20,7 @@ use rand::RngCore;
 
 use crate::backend::{Backend, Location};
 use crate::blob::open_blob;
+use crate::cache::{self, Cache, TreePacks};
 use crate::crypto::{self, KdfCost, MasterKey};
 use crate::error::{Error, Result};
 use crate::index::{BlobLocation, MasterIndex, Precision};
@@ -70,6 +71,10 @@ pub struct Repository {
     /// The key file that opened the repository.
     key_id: Option<podvault_proto::KeyId>,
     config: Config,
+    /// Local metadata cache, when attached.
+    cache: Option<Arc<Cache>>,
+    /// Whole tree packs: verification state, fetches in flight, memory copies.
+    tree_packs: Arc<TreePacks>,
 }
 
 impl Repository {
@@ -114,6 +119,8 @@ impl Repository {
                 compression_level: opts.compression_level,
                 pack_target_size: opts.pack_size.max(1 << 20),
             },
+            cache: None,
+            tree_packs: Arc::default(),
         };
         // Creation is decided by one atomic step: creating `config` if absent. Any number of
         // creators may race; each writes its own key file first (a config without a key
@@ -213,6 +220,8 @@ impl Repository {
             key: Arc::new(key),
             key_id,
             config,
+            cache: None,
+            tree_packs: Arc::default(),
         })
     }
 
@@ -272,6 +281,27 @@ impl Repository {
         self.backend.delete(&object_path::<KeyFile>(id))
     }
 
+    /// Attaches the local metadata cache under `root` (see [`crate::cache`]): snapshots,
+    /// index objects and tree packs are then read from it when present. A cache that
+    /// cannot be created is logged and the repository is used without one.
+    pub fn with_cache(mut self, root: Option<&std::path::Path>, limit: u64) -> Self {
+        self.cache = root.and_then(|root| {
+            match Cache::open(root, &self.config.repository_id, limit) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(e) => {
+                    tracing::warn!(cache = %root.display(), error = %e, "cache unusable; reading everything from the repository");
+                    None
+                }
+            }
+        });
+        self
+    }
+
+    /// The attached cache.
+    pub fn cache(&self) -> Option<&Cache> {
+        self.cache.as_deref()
+    }
+
     /// The key file the repository was opened (or created) with.
     pub fn key_id(&self) -> Option<podvault_proto::KeyId> {
         self.key_id
@@ -300,30 +330,60 @@ impl Repository {
         Ok(id)
     }
 
-    /// Loads, verifies and decodes a record.
+    /// Loads, verifies and decodes a record. Snapshots and index objects come from the
+    /// cache when it holds them (and pass the same checks there).
     pub fn load<R: ObjectRecord>(&self, id: &R::Id) -> Result<R> {
         let path = object_path::<R>(id);
+        let cached = self.cache.as_ref().zip(cache_kind(R::KIND));
+        if let Some((cache, kind)) = cached {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            if let Some(sealed) = cache.get(kind, name) {
+                match self.unseal::<R>(&path, &sealed) {
+                    Ok(r) => {
+                        cache.hit();
+                        return Ok(r);
+                    }
+                    Err(e) => cache.remove_damaged(kind, name, &e.to_string()),
+                }
+            }
+        }
         let sealed = self.backend.read(&path)?;
-        verify_name(&path, &sealed)?;
-        let plain = self
-            .key
-            .open(R::KIND.aad(), &sealed)
-            .map_err(|e| Error::Corrupt {
-                object: path.clone(),
-                detail: e.to_string(),
-            })?;
-        decode::<R>(&path, &plain)
+        let record = self.unseal::<R>(&path, &sealed)?;
+        if let Some((cache, kind)) = cached {
+            cache.put(kind, path.rsplit('/').next().unwrap_or_default(), &sealed);
+        }
+        Ok(record)
     }
 
-    /// Ids of all objects of a record's kind.
+    fn unseal<R: ObjectRecord>(&self, path: &str, sealed: &[u8]) -> Result<R> {
+        verify_name(path, sealed)?;
+        let plain = self
+            .key
+            .open(R::KIND.aad(), sealed)
+            .map_err(|e| Error::Corrupt {
+                object: path.to_owned(),
+                detail: e.to_string(),
+            })?;
+        decode::<R>(path, &plain)
+    }
+
+    /// Ids of all objects of a record's kind. Cache entries of snapshots and index
+    /// objects no longer listed are dropped.
     pub fn list<R: ObjectRecord>(&self) -> Result<Vec<R::Id>> {
         let mut ids = Vec::new();
+        let mut names = std::collections::HashSet::new();
         for path in self.backend.list(R::KIND.name())? {
             let name = path.rsplit('/').next().unwrap_or_default();
             match parse_id(name) {
-                Some(b) => ids.push(R::Id::from_bytes(b)),
+                Some(b) => {
+                    ids.push(R::Id::from_bytes(b));
+                    names.insert(name.to_owned());
+                }
                 None => tracing::warn!(object = %path, "ignoring object with a malformed name"),
             }
+        }
+        if let Some((cache, kind)) = self.cache.as_ref().zip(cache_kind(R::KIND)) {
+            cache.retain(kind, &names);
         }
         Ok(ids)
     }
@@ -460,8 +520,99 @@ impl Repository {
             id: id.to_hex(),
             what: ty.name().into(),
         })?;
+        if loc.blob_type == BlobType::Tree {
+            return self.read_tree_blob(&loc, id);
+        }
         let sealed = self.read_sealed(&loc)?;
         self.open_sealed(&loc, id, &sealed)
+    }
+
+    /// Reads a tree blob through its whole pack: one request per tree pack (and none when
+    /// the cache holds it) instead of one per directory. A cached copy that does not open
+    /// is dropped and the blob is read from the repository.
+    fn read_tree_blob(&self, loc: &BlobLocation, id: &BlobId) -> Result<Vec<u8>> {
+        let sealed = self.tree_pack_span(loc)?;
+        match self.open_sealed(loc, id, &sealed) {
+            Ok(plain) => Ok(plain),
+            Err(e) => {
+                let name = Cache::pack_name(&loc.pack);
+                if let Some(cache) = &self.cache {
+                    cache.remove_damaged(cache::Kind::TreePack, &name, &e.to_string());
+                }
+                self.tree_packs.set_verified(&loc.pack, false);
+                self.tree_packs.forget(&loc.pack);
+                let sealed = self.read_sealed(loc)?;
+                self.open_sealed(loc, id, &sealed)
+            }
+        }
+    }
+
+    /// The sealed bytes of a tree blob, from the cached (or remembered) whole pack, which
+    /// is fetched first when absent.
+    fn tree_pack_span(&self, loc: &BlobLocation) -> Result<Vec<u8>> {
+        let range = loc.offset as usize..loc.offset as usize + loc.length as usize;
+        let name = Cache::pack_name(&loc.pack);
+        let packs = &self.tree_packs;
+        let cached_span = |cache: &Cache| {
+            cache
+                .read_at(
+                    cache::Kind::TreePack,
+                    &name,
+                    loc.offset as u64,
+                    loc.length as usize,
+                )
+                .ok()
+        };
+        match &self.cache {
+            Some(cache) if packs.is_verified(&loc.pack) => {
+                if let Some(span) = cached_span(cache) {
+                    cache.hit();
+                    return Ok(span);
+                }
+                packs.set_verified(&loc.pack, false);
+            }
+            None => {
+                if let Some(bytes) = packs.remembered(&loc.pack) {
+                    return slice(&bytes, range, &loc.pack);
+                }
+            }
+            _ => {}
+        }
+        let lock = packs.fetch_lock(&loc.pack);
+        let _fetching = lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Another thread may have fetched it while this one waited.
+        if let Some(cache) = &self.cache {
+            if packs.is_verified(&loc.pack) {
+                if let Some(span) = cached_span(cache) {
+                    cache.hit();
+                    return Ok(span);
+                }
+            }
+            if let Some(bytes) = cache.get(cache::Kind::TreePack, &name) {
+                if blake3::hash(&bytes).as_bytes() == &loc.pack.0 {
+                    cache.hit();
+                    packs.set_verified(&loc.pack, true);
+                    return slice(&bytes, range, &loc.pack);
+                }
+                cache.remove_damaged(cache::Kind::TreePack, &name, "hash mismatch");
+            }
+        } else if let Some(bytes) = packs.remembered(&loc.pack) {
+            return slice(&bytes, range, &loc.pack);
+        }
+        let bytes = self.backend.read(&pack_path(&loc.pack))?;
+        // A pack damaged in the repository is used as it is (each blob is authenticated
+        // when opened, so intact blobs still read) but never cached.
+        let intact = blake3::hash(&bytes).as_bytes() == &loc.pack.0;
+        let span = slice(&bytes, range, &loc.pack)?;
+        match &self.cache {
+            Some(cache) if intact => {
+                cache.put(cache::Kind::TreePack, &name, &bytes);
+                packs.set_verified(&loc.pack, true);
+            }
+            None if intact => packs.remember(loc.pack, Arc::new(bytes)),
+            _ => {}
+        }
+        Ok(span)
     }
 
     /// Reads a blob's sealed bytes.
@@ -523,7 +674,31 @@ impl Repository {
     }
 }
 
-/// Checks that an object's bytes hash to the id in its name.
+/// The cache kind of a record kind, for the kinds that are cached.
+fn cache_kind(kind: ObjectKind) -> Option<cache::Kind> {
+    match kind {
+        ObjectKind::Snapshot => Some(cache::Kind::Snapshot),
+        ObjectKind::Index => Some(cache::Kind::Index),
+        _ => None,
+    }
+}
+
+/// The bytes `range` of a pack read whole.
+fn slice(bytes: &[u8], range: std::ops::Range<usize>, pack: &PackId) -> Result<Vec<u8>> {
+    bytes
+        .get(range.clone())
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| Error::Corrupt {
+            object: pack_path(pack),
+            detail: format!(
+                "{} bytes long, the index places a blob at {}..{}",
+                bytes.len(),
+                range.start,
+                range.end
+            ),
+        })
+}
+
 /// What one key file says to a password.
 enum KeyOutcome {
     /// The password unwraps this master key.
@@ -558,6 +733,7 @@ fn try_key(backend: &Backend, path: &str, password: &[u8]) -> Result<KeyOutcome>
     )
 }
 
+/// Checks that an object's bytes hash to the id in its name.
 fn verify_name(path: &str, bytes: &[u8]) -> Result<()> {
     let name = path.rsplit('/').next().unwrap_or_default();
     if name != blake3::hash(bytes).to_hex().as_str() {

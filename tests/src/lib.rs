@@ -11,8 +11,13 @@ use std::process::{Command, Output};
 
 use rand::{Rng, RngCore, SeedableRng};
 
-/// Path of the `podvault` binary built by `cargo test --workspace` (next to the test binary).
+/// Path of the `podvault` binary built by `cargo test --workspace` (next to the test binary),
+/// or `$PODVAULT_TEST_BIN` when set (a binary kept apart from a target directory that
+/// other checkouts build into).
 pub fn podvault_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("PODVAULT_TEST_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
         .parent()
@@ -64,10 +69,14 @@ impl Repo {
         let bucket =
             std::env::var("PODVAULT_TEST_S3_BUCKET").unwrap_or_else(|_| "podvault-test".into());
         let nonce: u64 = rand::rng().random();
+        // Each S3 repository gets its own local cache, so S3 round trips run with the cache
+        // as users do (a cold one first, warm after).
+        let cache = std::env::temp_dir().join(format!("podvault-test-cache-{nonce:016x}"));
         Some(Repo {
             location: format!("s3://{bucket}/{prefix}-{nonce:016x}"),
             password: "correct horse".into(),
             env: vec![
+                ("PODVAULT_CACHE_DIR".into(), cache.display().to_string()),
                 ("PODVAULT_S3_ENDPOINT".into(), endpoint),
                 ("AWS_REGION".into(), "us-east-1".into()),
                 (

@@ -7,11 +7,10 @@ use crate::cli::{Cli, EXIT_OK, EXIT_PARTIAL};
 use crate::commands::{bytes, cancel_on_ctrl_c, with_progress};
 use crate::error::Result;
 use crate::progress::Progress;
-use crate::repository::Repository;
 
 /// Runs `backup`.
 pub fn run(cli: &Cli, opts: &BackupOptions) -> Result<u8> {
-    let repo = Repository::open(&cli.location()?, &cli.password(false)?)?;
+    let repo = cli.open_repo()?;
     let progress = Progress::default();
     let cancel = cancel_on_ctrl_c();
     let start = Instant::now();

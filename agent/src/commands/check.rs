@@ -8,6 +8,7 @@ use crate::repository::Repository;
 
 /// Runs `check`; exits 1 when damage is found.
 pub fn run(cli: &Cli, opts: &CheckOptions) -> Result<u8> {
+    // Checks the repository itself: no cache.
     let repo = Repository::open(&cli.location()?, &cli.password(false)?)?;
     let r = check::check(&repo, opts)?;
     let code = if r.is_clean() { EXIT_OK } else { EXIT_FAILURE };

@@ -3,11 +3,10 @@
 use crate::cli::{Cli, EXIT_OK};
 use crate::error::Result;
 use crate::forget::{self, ForgetOptions};
-use crate::repository::Repository;
 
 /// Runs `forget`.
 pub fn run(cli: &Cli, opts: &ForgetOptions) -> Result<u8> {
-    let repo = Repository::open(&cli.location()?, &cli.password(false)?)?;
+    let repo = cli.open_repo()?;
     let groups = forget::forget(&repo, opts)?;
     if cli.json {
         println!("{}", serde_json::to_string(&groups).unwrap_or_default());

@@ -4,11 +4,10 @@ use crate::cli::{Cli, EXIT_OK};
 use crate::commands::bytes;
 use crate::error::Result;
 use crate::prune::{self, PruneOptions};
-use crate::repository::Repository;
 
 /// Runs `prune`.
 pub fn run(cli: &Cli, opts: &PruneOptions) -> Result<u8> {
-    let repo = Repository::open(&cli.location()?, &cli.password(false)?)?;
+    let repo = cli.open_repo()?;
     let r = prune::prune(&repo, opts)?;
     if cli.json {
         println!("{}", serde_json::to_string(&r).unwrap_or_default());

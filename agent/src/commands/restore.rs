@@ -4,12 +4,11 @@ use crate::cli::{Cli, EXIT_OK};
 use crate::commands::{bytes, cancel_on_ctrl_c, with_progress};
 use crate::error::Result;
 use crate::progress::Progress;
-use crate::repository::Repository;
 use crate::restorer::{self, RestoreOptions};
 
 /// Runs `restore`.
 pub fn run(cli: &Cli, opts: &RestoreOptions) -> Result<u8> {
-    let repo = Repository::open(&cli.location()?, &cli.password(false)?)?;
+    let repo = cli.open_repo()?;
     let (id, snap) = repo.find_snapshot(&opts.snapshot)?;
     let progress = Progress::default();
     let cancel = cancel_on_ctrl_c();

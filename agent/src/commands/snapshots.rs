@@ -36,7 +36,7 @@ pub struct DiffArgs {
 }
 
 fn open(cli: &Cli) -> Result<Repository> {
-    Repository::open(&cli.location()?, &cli.password(false)?)
+    cli.open_repo()
 }
 
 /// Runs `snapshots`.
