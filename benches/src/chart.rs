@@ -56,8 +56,13 @@ pub fn draw(results: &Results, path: &Path) -> Result<(), Box<dyn std::error::Er
     let root = if labels {
         root.titled(
             &format!(
-                "{}: {:.0} MiB, {} files (medians of {} runs)",
+                "{}{}: {:.0} MiB, {} files (medians of {} runs)",
                 results.dataset,
+                if results.backend.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {}", results.backend)
+                },
                 results.source_bytes as f64 / 1048576.0,
                 results.source_files,
                 results.runs()
@@ -67,9 +72,22 @@ pub fn draw(results: &Results, path: &Path) -> Result<(), Box<dyn std::error::Er
     } else {
         root
     };
-    let panels = root.split_evenly((1, 2));
-    panel(results, &panels[0], Metric::Wall, "wall time, s", labels)?;
-    panel(results, &panels[1], Metric::Rss, "peak RSS, MiB", labels)?;
+    if results.has_traffic() {
+        let panels = root.split_evenly((1, 3));
+        panel(results, &panels[0], Metric::Wall, "wall time, s", labels)?;
+        panel(results, &panels[1], Metric::Rss, "peak RSS, MiB", labels)?;
+        panel(
+            results,
+            &panels[2],
+            Metric::RequestsTotal,
+            "S3 requests",
+            labels,
+        )?;
+    } else {
+        let panels = root.split_evenly((1, 2));
+        panel(results, &panels[0], Metric::Wall, "wall time, s", labels)?;
+        panel(results, &panels[1], Metric::Rss, "peak RSS, MiB", labels)?;
+    }
     root.present()?;
     Ok(())
 }

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+pub use podvault_tests::proxy::{RequestKind, Traffic};
+
 /// One measured step of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Phase {
@@ -64,6 +66,9 @@ pub struct Sample {
     pub repo_bytes: u64,
     /// Files the phase added to the repository directory.
     pub repo_objects: u64,
+    /// Requests and bytes between the tool and object storage, as counted by the proxy in
+    /// front of the S3 server; `None` for a local-directory repository.
+    pub traffic: Option<Traffic>,
 }
 
 /// A row of the table.
@@ -87,6 +92,14 @@ pub enum Metric {
     ObjectsPerGib,
     /// Repository bytes added / source bytes.
     SizeRatio,
+    /// Requests of one kind sent to object storage.
+    Requests(RequestKind),
+    /// Requests of every kind sent to object storage.
+    RequestsTotal,
+    /// MiB of request bodies sent to object storage.
+    MibUp,
+    /// MiB of response bodies received from object storage.
+    MibDown,
 }
 
 impl Metric {
@@ -112,6 +125,19 @@ impl Metric {
         }
     }
 
+    /// Rows about object-storage traffic, shown for every phase when samples carry
+    /// [`Sample::traffic`].
+    pub const TRAFFIC: [Metric; 8] = [
+        Metric::RequestsTotal,
+        Metric::Requests(RequestKind::Get),
+        Metric::Requests(RequestKind::List),
+        Metric::Requests(RequestKind::Head),
+        Metric::Requests(RequestKind::Put),
+        Metric::Requests(RequestKind::Delete),
+        Metric::MibUp,
+        Metric::MibDown,
+    ];
+
     /// Row label, with whether lower or higher is better.
     pub fn label(self) -> &'static str {
         match self {
@@ -124,6 +150,16 @@ impl Metric {
             Metric::Objects => "repo objects added",
             Metric::ObjectsPerGib => "objects per GiB of source",
             Metric::SizeRatio => "repo size / source size",
+            Metric::RequestsTotal => "S3 requests, all kinds (lower better)",
+            Metric::Requests(RequestKind::Get) => "S3 GET (objects, ranges)",
+            Metric::Requests(RequestKind::List) => "S3 LIST",
+            Metric::Requests(RequestKind::Head) => "S3 HEAD",
+            Metric::Requests(RequestKind::Put) => "S3 PUT",
+            Metric::Requests(RequestKind::Post) => "S3 POST",
+            Metric::Requests(RequestKind::Delete) => "S3 DELETE",
+            Metric::Requests(RequestKind::Other) => "S3 other requests",
+            Metric::MibUp => "MiB uploaded (request bodies)",
+            Metric::MibDown => "MiB downloaded (response bodies)",
         }
     }
 
@@ -142,6 +178,11 @@ impl Metric {
                 s.repo_objects as f64 / (source_bytes as f64 / (1u64 << 30) as f64).max(1e-12)
             }
             Metric::SizeRatio => s.repo_bytes as f64 / (source_bytes as f64).max(1.0),
+            // No traffic (a local repository): NaN, which medians skip.
+            Metric::RequestsTotal => s.traffic.map_or(f64::NAN, |t| t.total_requests() as f64),
+            Metric::Requests(k) => s.traffic.map_or(f64::NAN, |t| t.requests(k) as f64),
+            Metric::MibUp => s.traffic.map_or(f64::NAN, |t| t.bytes_up as f64 / MIB),
+            Metric::MibDown => s.traffic.map_or(f64::NAN, |t| t.bytes_down as f64 / MIB),
         }
     }
 }
@@ -194,6 +235,9 @@ pub struct Results {
     pub source_files: u64,
     /// Bytes rewritten before the "after change" backup.
     pub changed_bytes: u64,
+    /// Where the repositories were, e.g. `local directory` or `S3 (s3s-fs, +20 ms per
+    /// request)`; empty when not said.
+    pub backend: String,
     /// Tool names in column order; the first is the one ratios are taken of.
     pub tools: Vec<String>,
     /// Free-form lines printed above the table (versions, machine, scale).
@@ -237,6 +281,21 @@ impl Results {
             .map_or(0, |t| self.samples(t, Phase::FirstBackup).len())
     }
 
+    /// Whether any sample carries object-storage traffic (the S3 rows are shown).
+    pub fn has_traffic(&self) -> bool {
+        self.samples.values().flatten().any(|s| s.traffic.is_some())
+    }
+
+    /// The rows shown for `phase`: [`Metric::for_phase`], then [`Metric::TRAFFIC`] when
+    /// there is traffic.
+    pub fn metrics(&self, phase: Phase) -> Vec<Metric> {
+        let mut m = Metric::for_phase(phase).to_vec();
+        if self.has_traffic() {
+            m.extend(Metric::TRAFFIC);
+        }
+        m
+    }
+
     /// Median of a metric over a tool's samples in a phase.
     pub fn median(&self, tool: &str, phase: Phase, metric: Metric) -> Option<f64> {
         let v: Vec<f64> = self
@@ -251,9 +310,14 @@ impl Results {
     /// the ratio of the first tool to each other tool.
     pub fn to_markdown(&self) -> String {
         let mut out = String::new();
+        let on = if self.backend.is_empty() {
+            String::new()
+        } else {
+            format!(" on {}", self.backend)
+        };
         let _ = writeln!(
             out,
-            "## {}: {} files, {:.1} MiB; {:.1} MiB changed before the third backup; medians of {} run(s)\n",
+            "## {}{on}: {} files, {:.1} MiB; {:.1} MiB changed before the third backup; medians of {} run(s)\n",
             self.dataset,
             self.source_files,
             self.source_bytes as f64 / 1048576.0,
@@ -282,7 +346,7 @@ impl Results {
         }
         out.push('\n');
         for phase in Phase::ALL {
-            for &metric in Metric::for_phase(phase) {
+            for metric in self.metrics(phase) {
                 let _ = write!(out, "| {} | {} |", phase.label(), metric.label());
                 for t in &self.tools {
                     let v = self.median(t, phase, metric);
@@ -309,13 +373,23 @@ impl Results {
                     .samples(t, phase)
                     .iter()
                     .map(|s| {
-                        serde_json::json!({
+                        let mut v = serde_json::json!({
                             "wall_s": s.wall_s,
                             "cpu_s": s.cpu_s,
                             "max_rss": s.max_rss,
                             "repo_bytes": s.repo_bytes,
                             "repo_objects": s.repo_objects,
-                        })
+                        });
+                        if let Some(t) = s.traffic {
+                            let requests: serde_json::Map<_, _> = RequestKind::ALL
+                                .iter()
+                                .map(|k| (k.label().to_string(), t.requests(*k).into()))
+                                .collect();
+                            v["requests"] = requests.into();
+                            v["bytes_up"] = t.bytes_up.into();
+                            v["bytes_down"] = t.bytes_down.into();
+                        }
+                        v
                     })
                     .collect();
                 phases.insert(phase.short().to_string(), runs.into());
@@ -324,6 +398,7 @@ impl Results {
         }
         serde_json::json!({
             "dataset": self.dataset,
+            "backend": self.backend,
             "source_bytes": self.source_bytes,
             "source_files": self.source_files,
             "changed_bytes": self.changed_bytes,

@@ -1,13 +1,18 @@
 //! Smoke test of the comparison harness at a tiny scale: seeded datasets are deterministic,
-//! the change is the requested fraction and undoes exactly, and the statistics and table are
-//! right. No restic, no podvault binary.
+//! the change is the requested fraction and undoes exactly, the statistics and table are
+//! right, and the S3 mode's proxy counts requests and bytes exactly and delays each request.
+//! No restic, no podvault binary, no S3 server (a tiny HTTP server stands in for it).
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use podvault_benches::dataset::{Cached, Content, Dataset, Plan};
 use podvault_benches::measure;
-use podvault_benches::stats::{median, ratio, Metric, Phase, Results, Sample};
+use podvault_benches::stats::{median, ratio, Metric, Phase, RequestKind, Results, Sample};
+use podvault_tests::proxy::{FaultConfig, FaultProxy};
 
 /// Every file under `root` with its content.
 fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -153,6 +158,7 @@ fn median_and_ratio_math() {
         max_rss: rss_mib << 20,
         repo_bytes: 50_000_000,
         repo_objects: 4,
+        traffic: None,
     };
     for (p, q) in [(1.0, 4.0), (3.0, 2.0), (2.0, 6.0)] {
         r.add("podvault", Phase::FirstBackup, s(p, 50));
@@ -185,6 +191,9 @@ fn median_and_ratio_math() {
         Some(0.5)
     );
     assert_eq!(r.median("podvault", Phase::Restore, Metric::Wall), None);
+    // Local samples have no traffic: no S3 rows.
+    assert!(!r.has_traffic());
+    assert!(!r.to_markdown().contains("S3 GET"));
     let md = r.to_markdown();
     assert!(
         md.contains("| phase | metric | podvault | restic | podvault/restic |"),
@@ -216,4 +225,147 @@ fn median_and_ratio_math() {
     let png = chart.path().join("tiny.png");
     podvault_benches::chart::draw(&r, &png).unwrap();
     assert!(std::fs::metadata(&png).unwrap().len() > 1000);
+}
+
+/// A stand-in for an S3 server: answers every request with `200` and a body of
+/// `RESPONSE_BODY` bytes (none for `HEAD`), one request per connection.
+const RESPONSE_BODY: usize = 300;
+
+fn tiny_http_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut head = String::new();
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap() == 0 {
+                        return;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    head.push_str(&line);
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                r.read_exact(&mut body).unwrap();
+                let mut out = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {RESPONSE_BODY}\r\nConnection: close\r\n\r\n"
+                )
+                .into_bytes();
+                if !head.starts_with("HEAD ") {
+                    out.extend(std::iter::repeat_n(b'x', RESPONSE_BODY));
+                }
+                let mut conn = conn;
+                conn.write_all(&out).unwrap();
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Sends one request through `proxy` and reads the whole response.
+fn request(proxy: &FaultProxy, method: &str, target: &str, body: usize) -> Vec<u8> {
+    let mut c = TcpStream::connect(proxy.addr()).unwrap();
+    let mut req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {body}\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    req.extend(std::iter::repeat_n(b'b', body));
+    c.write_all(&req).unwrap();
+    let mut resp = Vec::new();
+    c.read_to_end(&mut resp).unwrap();
+    assert!(resp.starts_with(b"HTTP/1.1 200 OK"), "{method} {target}");
+    resp
+}
+
+#[test]
+fn proxy_counts_requests_by_kind_and_body_bytes_and_delays_each_request() {
+    let upstream = tiny_http_server();
+    let proxy = FaultProxy::start(&upstream, FaultConfig::clean(Duration::ZERO)).unwrap();
+    let requests = [
+        ("GET", "/bucket/prefix/data/ab/cd", 0),
+        ("GET", "/bucket/prefix/config", 0),
+        ("GET", "/bucket/?location", 0),
+        ("GET", "/bucket?list-type=2&prefix=prefix%2Fsnapshots%2F", 0),
+        ("GET", "/bucket/?prefix=prefix%2Findex%2F&delimiter=%2F", 0),
+        ("HEAD", "/bucket/prefix/config", 0),
+        ("PUT", "/bucket/prefix/data/ab/cd", 1000),
+        ("PUT", "/bucket/prefix/index/ef", 24),
+        ("POST", "/bucket/prefix/data/ab/cd?uploads", 0),
+        ("DELETE", "/bucket/prefix/locks/1", 0),
+    ];
+    let start = proxy.traffic();
+    assert_eq!(start.total_requests(), 0);
+    for (method, target, body) in requests {
+        request(&proxy, method, target, body);
+    }
+    let t = proxy.traffic().since(&start);
+    let want = [
+        (RequestKind::Get, 3),
+        (RequestKind::List, 2),
+        (RequestKind::Head, 1),
+        (RequestKind::Put, 2),
+        (RequestKind::Post, 1),
+        (RequestKind::Delete, 1),
+        (RequestKind::Other, 0),
+    ];
+    for (kind, n) in want {
+        assert_eq!(t.requests(kind), n, "{kind}: {t}");
+    }
+    assert_eq!(t.total_requests(), 10);
+    assert_eq!(t.bytes_up, 1024);
+    // Every response but HEAD's carries a body.
+    assert_eq!(t.bytes_down, 9 * RESPONSE_BODY as u64);
+
+    // A delaying proxy holds each request at least as long as asked (no upper bound: the
+    // machine may be busy).
+    let delay = Duration::from_millis(150);
+    let slow = FaultProxy::start(&upstream, FaultConfig::clean(delay)).unwrap();
+    for _ in 0..2 {
+        let t0 = Instant::now();
+        request(&slow, "GET", "/bucket/prefix/config", 0);
+        assert!(t0.elapsed() >= delay, "{:?} < {delay:?}", t0.elapsed());
+    }
+    assert_eq!(slow.traffic().requests(RequestKind::Get), 2);
+
+    // Samples with traffic put the S3 rows in the table.
+    let mut r = Results::new("tiny", vec!["podvault".into(), "restic".into()]);
+    r.source_bytes = 1 << 20;
+    for tool in ["podvault", "restic"] {
+        r.add(
+            tool,
+            Phase::Restore,
+            Sample {
+                wall_s: 1.0,
+                cpu_s: 1.0,
+                max_rss: 1 << 20,
+                repo_bytes: 0,
+                repo_objects: 0,
+                traffic: Some(t),
+            },
+        );
+    }
+    assert!(r.has_traffic());
+    let md = r.to_markdown();
+    assert!(
+        md.contains("| full restore | S3 LIST | 2.00 | 2.00 | 1.00× |"),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "| full restore | S3 requests, all kinds (lower better) | 10.0 | 10.0 | 1.00× |"
+        ),
+        "{md}"
+    );
+    let json = r.to_json();
+    assert_eq!(json["tools"]["restic"]["restore"][0]["requests"]["PUT"], 2);
+    assert_eq!(json["tools"]["restic"]["restore"][0]["bytes_up"], 1024);
 }

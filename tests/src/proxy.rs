@@ -14,8 +14,18 @@
 //! forced on the next request it applies to once [`FORCE_GAP`] requests have gone through
 //! unharmed; among the kinds that apply, the least injected one is chosen.
 //!
+//! Every request can also be held back for [`FaultConfig::delay`] before it is forwarded,
+//! which puts a round trip's worth of latency in front of a loopback server; with
+//! [`FaultConfig::clean`] the proxy injects nothing else. Whatever the configuration, the
+//! proxy counts the requests it receives by [`RequestKind`] and the body bytes in each
+//! direction ([`FaultProxy::traffic`]); the benchmark harness uses that to report what each
+//! tool asks of object storage.
+//!
 //! One thread per client connection (plain blocking I/O): this is test scaffolding for a
-//! few concurrent connections, and simple beats clever here. Dropping the proxy stops it.
+//! few concurrent connections, and simple beats clever here. Requests are forwarded whole
+//! (read, then sent upstream on a fresh connection; the response likewise), so the proxy
+//! adds a copy of every message but never reorders bytes. Concurrent requests are delayed
+//! concurrently, as latency on a real network would. Dropping the proxy stops it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -105,6 +115,9 @@ pub struct FaultConfig {
     /// Only requests whose request line contains this text may get a fault (e.g. `"PUT "`
     /// for uploads, `"/data/"` for packs); `None`: every request.
     pub only: Option<String>,
+    /// How long every request is held after it has been read and before it is forwarded (or
+    /// faulted); zero for none.
+    pub delay: Duration,
 }
 
 impl FaultConfig {
@@ -116,6 +129,19 @@ impl FaultConfig {
             stall,
             seed,
             only: None,
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// No faults: every request is forwarded after `delay` (zero for a pure counting proxy).
+    pub fn clean(delay: Duration) -> Self {
+        FaultConfig {
+            rate: 0.0,
+            kinds: Vec::new(),
+            stall: Duration::ZERO,
+            seed: 0,
+            only: None,
+            delay,
         }
     }
 
@@ -127,6 +153,7 @@ impl FaultConfig {
             stall: Duration::MAX,
             seed: 0,
             only: None,
+            delay: Duration::ZERO,
         }
     }
 }
@@ -157,12 +184,150 @@ impl fmt::Display for FaultCounts {
     }
 }
 
+/// What an S3 request does, told from its method and query string alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RequestKind {
+    /// A `GET` that is not a listing: an object (whole or a range) or a bucket sub-resource
+    /// such as `?location`.
+    Get,
+    /// A `GET` whose query has a listing parameter (`list-type`, `prefix`, `delimiter`,
+    /// `marker`, `continuation-token` or `start-after`): ListObjects(V2).
+    List,
+    /// `HEAD`: an object's or a bucket's metadata.
+    Head,
+    /// `PUT`: an object, a multipart part, or a bucket.
+    Put,
+    /// `POST`: multipart create/complete, multi-object delete.
+    Post,
+    /// `DELETE`.
+    Delete,
+    /// Any other method.
+    Other,
+}
+
+impl RequestKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [RequestKind; 7] = [
+        RequestKind::Get,
+        RequestKind::List,
+        RequestKind::Head,
+        RequestKind::Put,
+        RequestKind::Post,
+        RequestKind::Delete,
+        RequestKind::Other,
+    ];
+
+    /// Classifies a request by its method and request target (`/bucket/key?query`).
+    pub fn of(method: &str, target: &str) -> RequestKind {
+        match method {
+            "GET" => {
+                let query = target.split_once('?').map_or("", |(_, q)| q);
+                let listing = query.split('&').any(|pair| {
+                    let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+                    matches!(
+                        key,
+                        "list-type"
+                            | "prefix"
+                            | "delimiter"
+                            | "marker"
+                            | "continuation-token"
+                            | "start-after"
+                    )
+                });
+                if listing {
+                    RequestKind::List
+                } else {
+                    RequestKind::Get
+                }
+            }
+            "HEAD" => RequestKind::Head,
+            "PUT" => RequestKind::Put,
+            "POST" => RequestKind::Post,
+            "DELETE" => RequestKind::Delete,
+            _ => RequestKind::Other,
+        }
+    }
+
+    /// Upper-case name (`GET`, `LIST`, …).
+    pub fn label(self) -> &'static str {
+        match self {
+            RequestKind::Get => "GET",
+            RequestKind::List => "LIST",
+            RequestKind::Head => "HEAD",
+            RequestKind::Put => "PUT",
+            RequestKind::Post => "POST",
+            RequestKind::Delete => "DELETE",
+            RequestKind::Other => "other",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for RequestKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Requests received and body bytes relayed by a proxy, from its start or between two
+/// readings ([`Traffic::since`]).
+///
+/// Bytes are HTTP message bodies as they crossed the proxy (object data, listings, error
+/// documents; chunked framing and `aws-chunked` signatures included, heads not): `up` from
+/// the client to the server, `down` back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Requests by [`RequestKind`] (indexed in [`RequestKind::ALL`] order).
+    pub requests: [u64; RequestKind::ALL.len()],
+    /// Request body bytes, client to server.
+    pub bytes_up: u64,
+    /// Response body bytes, server to client.
+    pub bytes_down: u64,
+}
+
+impl Traffic {
+    /// Requests of one kind.
+    pub fn requests(&self, kind: RequestKind) -> u64 {
+        self.requests[kind.index()]
+    }
+
+    /// Requests of every kind.
+    pub fn total_requests(&self) -> u64 {
+        self.requests.iter().sum()
+    }
+
+    /// What happened after `earlier` (a reading of the same proxy) up to `self`.
+    pub fn since(&self, earlier: &Traffic) -> Traffic {
+        Traffic {
+            requests: std::array::from_fn(|i| self.requests[i].saturating_sub(earlier.requests[i])),
+            bytes_up: self.bytes_up.saturating_sub(earlier.bytes_up),
+            bytes_down: self.bytes_down.saturating_sub(earlier.bytes_down),
+        }
+    }
+}
+
+impl fmt::Display for Traffic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} requests:", self.total_requests())?;
+        for k in RequestKind::ALL {
+            write!(f, " {k}={}", self.requests(k))?;
+        }
+        write!(f, "; {} B up, {} B down", self.bytes_up, self.bytes_down)
+    }
+}
+
 struct Shared {
     upstream: SocketAddr,
     config: Mutex<FaultConfig>,
     rng: Mutex<StdRng>,
     counts: [AtomicU64; FaultKind::ALL.len()],
     requests: AtomicU64,
+    by_kind: [AtomicU64; RequestKind::ALL.len()],
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
     since_fault: AtomicU64,
     stop: AtomicBool,
 }
@@ -199,6 +364,9 @@ impl FaultProxy {
             config: Mutex::new(config),
             counts: Default::default(),
             requests: AtomicU64::new(0),
+            by_kind: Default::default(),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
             since_fault: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
@@ -247,6 +415,22 @@ impl FaultProxy {
         lock(&self.shared.config).only = only.map(str::to_owned);
     }
 
+    /// Changes the per-request delay from now on (see [`FaultConfig::delay`]).
+    pub fn set_delay(&self, delay: Duration) {
+        lock(&self.shared.config).delay = delay;
+    }
+
+    /// Requests by kind and body bytes relayed so far. A response's bytes are counted
+    /// before it is relayed, so once a client has its answer the reading includes it.
+    pub fn traffic(&self) -> Traffic {
+        let s = &self.shared;
+        Traffic {
+            requests: std::array::from_fn(|i| s.by_kind[i].load(Ordering::SeqCst)),
+            bytes_up: s.bytes_up.load(Ordering::SeqCst),
+            bytes_down: s.bytes_down.load(Ordering::SeqCst),
+        }
+    }
+
     /// Requests seen and faults injected so far.
     pub fn counts(&self) -> FaultCounts {
         FaultCounts {
@@ -286,6 +470,8 @@ struct Message {
     body: Vec<u8>,
     /// First line's first word: the method of a request.
     method: String,
+    /// First line's second word: the target of a request (empty for responses).
+    target: String,
     /// Status code of a response (0 for requests).
     status: u16,
     /// The peer asked to close the connection after this message.
@@ -306,6 +492,13 @@ fn serve(s: &Shared, client: TcpStream) -> io::Result<()> {
             return Ok(());
         }
         s.requests.fetch_add(1, Ordering::SeqCst);
+        s.by_kind[RequestKind::of(&req.method, &req.target).index()].fetch_add(1, Ordering::SeqCst);
+        s.bytes_up
+            .fetch_add(req.body.len() as u64, Ordering::SeqCst);
+        let delay = lock(&s.config).delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let keep_alive = match choose(s, &req) {
             None => forward(s, &req, &mut client, None)?,
             Some(kind) => inject(s, kind, &req, &mut client)?,
@@ -386,6 +579,7 @@ fn inject(s: &Shared, kind: FaultKind, req: &Message, client: &mut TcpStream) ->
             .into_bytes();
             if req.method != "HEAD" {
                 out.extend_from_slice(body.as_bytes());
+                down(s, body.len());
             }
             client.write_all(&out)?;
             Ok(true)
@@ -469,6 +663,7 @@ fn forward(
                 let mut rng = lock(&s.rng);
                 rng.random_range(1..resp.body.len())
             };
+            down(s, part);
             client.write_all(&resp.head)?;
             client.write_all(&resp.body[..part])?;
             client.flush()?;
@@ -482,10 +677,16 @@ fn forward(
         }
         Some(other) => unreachable!("{other} is not a response-side fault"),
     }
+    down(s, resp.body.len());
     client.write_all(&resp.head)?;
     client.write_all(&resp.body)?;
     client.flush()?;
     Ok(!resp.close)
+}
+
+/// Counts response body bytes on their way to the client.
+fn down(s: &Shared, bytes: usize) {
+    s.bytes_down.fetch_add(bytes as u64, Ordering::SeqCst);
 }
 
 fn connect(s: &Shared) -> io::Result<TcpStream> {
@@ -540,16 +741,17 @@ fn read_message(
     let mut lines = text.split("\r\n");
     let first = lines.next().unwrap_or_default();
     let mut words = first.split(' ');
-    let (method, status, version) = match request_method {
+    let (method, target, status, version) = match request_method {
         None => {
             let method = words.next().unwrap_or_default().to_owned();
+            let target = words.next().unwrap_or_default().to_owned();
             let version = first.rsplit(' ').next().unwrap_or_default().to_owned();
-            (method, 0, version)
+            (method, target, 0, version)
         }
         Some(_) => {
             let version = words.next().unwrap_or_default().to_owned();
             let status = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
-            (String::new(), status, version)
+            (String::new(), String::new(), status, version)
         }
     };
     let mut length = None;
@@ -600,6 +802,7 @@ fn read_message(
         head,
         body,
         method,
+        target,
         status,
         close,
     }))

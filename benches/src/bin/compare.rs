@@ -1,16 +1,33 @@
 //! Side-by-side comparison of podvault with restic and rustic on seeded datasets.
 //!
 //! For each dataset and each run, every tool (in an order rotated run by run, so no tool is
-//! always first on a cold or warm machine) gets a fresh local-directory repository and does:
-//! first backup, no-change backup, backup after rewriting `--change` of the data, full restore.
-//! Each step is a child process measured with `wait4` (wall, user+sys CPU, peak RSS) plus the
-//! bytes and objects it added to the repository. Medians and podvault/other ratios go to
+//! always first on a cold or warm machine) gets a fresh repository and does: first backup,
+//! no-change backup, backup after rewriting `--change` of the data, full restore. Each step is
+//! a child process measured with `wait4` (wall, user+sys CPU, peak RSS) plus the bytes and
+//! objects it added to the repository. Medians and podvault/other ratios go to
 //! `benches/results/<dataset>.md` (also printed), a bar chart to `<dataset>.png`, and every
 //! sample to `<dataset>.json`.
 //!
 //! ```text
 //! cargo run --release -p podvault-benches --bin compare -- --dataset mixed --runs 3
+//! cargo run --release -p podvault-benches --bin compare -- --dataset mixed --runs 3 --backend s3
+//! cargo run --release -p podvault-benches --bin compare -- --dataset mixed --runs 3 --backend s3 --latency-ms 20
 //! ```
+//!
+//! `--backend local` (the default) puts each repository in a directory. `--backend s3` starts
+//! an S3 server on 127.0.0.1 (`--s3-server s3s-fs`, the default, or `moto`; see
+//! [`podvault_benches::s3`]) with one bucket, and gives each tool and run its own prefix in
+//! it. The tools always reach the server through the proxy of `podvault_tests::proxy`,
+//! which counts requests by kind (GET, LIST, HEAD, PUT, POST, DELETE) and body bytes in each
+//! direction, so every phase reports what it asked of object storage; `--latency-ms N` makes
+//! the proxy hold every request N ms before forwarding it (a round trip to a remote store).
+//! Repository size is measured on the server's side (s3s-fs's files; a LIST for moto). S3
+//! results go to `<dataset>-s3[-moto][-<N>ms].{md,json,png}`. rustic is left out in S3 mode
+//! (its S3 support goes through OpenDAL options we do not wire up here); the S3 mode compares
+//! podvault with restic.
+//!
+//! Both tools keep a local cache in `<work>/cache`, empty at the start of each run and warm
+//! across its phases: restic through `--cache-dir`, podvault through `PODVAULT_CACHE_DIR`.
 //!
 //! podvault is built first (`cargo build --release -p podvault`, into `$CARGO_TARGET_DIR` or
 //! the workspace's `target/`) unless `--no-build` or `--podvault PATH` is given; restic and
@@ -20,14 +37,16 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use podvault_benches::dataset::{Cached, Dataset, Plan};
 use podvault_benches::measure::{self, Usage};
-use podvault_benches::stats::{Phase, Results, Sample};
+use podvault_benches::s3::{self, S3Server, ServerKind};
+use podvault_benches::stats::{Phase, Results, Sample, Traffic};
 use podvault_benches::{chart, rng};
+use podvault_tests::proxy::{FaultConfig, FaultProxy};
 
 const PASSWORD: &str = "podvault-bench-password";
 
@@ -68,6 +87,83 @@ struct Args {
     /// Do not run `cargo build --release -p podvault` first.
     #[arg(long)]
     no_build: bool,
+    /// Where repositories live: `local` (directories) or `s3` (a local S3 server behind a
+    /// counting proxy).
+    #[arg(long, default_value = "local", value_parser = ["local", "s3"])]
+    backend: String,
+    /// The S3 server for `--backend s3`: s3s-fs or moto.
+    #[arg(long, default_value = "s3s-fs", value_parser = ["s3s-fs", "moto"])]
+    s3_server: String,
+    /// With `--backend s3`: milliseconds the proxy holds every request before forwarding it.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+}
+
+/// The S3 side of `--backend s3`: the server and the counting (and delaying) proxy in front
+/// of it, shared by every tool and run (each under its own prefix).
+struct S3Setup {
+    server: S3Server,
+    proxy: FaultProxy,
+    latency_ms: u64,
+}
+
+impl S3Setup {
+    fn start(args: &Args, scratch: &Path) -> Result<S3Setup> {
+        let kind = ServerKind::parse(&args.s3_server).context("unknown --s3-server")?;
+        let server = S3Server::start(kind, scratch)
+            .with_context(|| format!("starting {} under {}", kind.name(), scratch.display()))?;
+        let proxy = FaultProxy::start(
+            server.endpoint(),
+            FaultConfig::clean(Duration::from_millis(args.latency_ms)),
+        )
+        .context("starting the S3 proxy")?;
+        eprintln!(
+            "S3: {} at {}, through the proxy at {} ({} ms per request)",
+            server.version(),
+            server.endpoint(),
+            proxy.url(),
+            args.latency_ms
+        );
+        Ok(S3Setup {
+            server,
+            proxy,
+            latency_ms: args.latency_ms,
+        })
+    }
+
+    /// Suffix of the result files: `-s3`, `-s3-moto`, then `-<N>ms` with latency.
+    fn suffix(&self) -> String {
+        let mut s = "-s3".to_string();
+        if self.server.kind() == ServerKind::Moto {
+            s.push_str("-moto");
+        }
+        if self.latency_ms > 0 {
+            s.push_str(&format!("-{}ms", self.latency_ms));
+        }
+        s
+    }
+
+    /// The backend in the report's heading.
+    fn describe(&self) -> String {
+        if self.latency_ms > 0 {
+            format!(
+                "S3 ({}, +{} ms per request)",
+                self.server.kind().name(),
+                self.latency_ms
+            )
+        } else {
+            format!("S3 ({})", self.server.kind().name())
+        }
+    }
+}
+
+/// Where one run's repository lives.
+#[derive(Debug, Clone)]
+enum RepoAt {
+    /// A local directory.
+    Dir(PathBuf),
+    /// A prefix in the bucket, reached through `endpoint` (the proxy).
+    S3 { endpoint: String, prefix: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,25 +182,48 @@ struct Tool {
 }
 
 impl Tool {
-    fn command(&self, work: &Path) -> Command {
+    /// The tool with its repository, password and cache (`<work>/cache`) set.
+    fn command(&self, work: &Path, repo: &RepoAt) -> Command {
         let mut c = Command::new(&self.bin);
         c.stdin(Stdio::null());
+        if let RepoAt::S3 { .. } = repo {
+            c.env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
+                .env("AWS_REGION", s3::REGION);
+        }
         match self.kind {
             Kind::Podvault => {
-                c.env("PODVAULT_REPOSITORY", work.join("repo"))
-                    .env("PODVAULT_PASSWORD", PASSWORD);
+                c.env("PODVAULT_PASSWORD", PASSWORD)
+                    .env("PODVAULT_CACHE_DIR", work.join("cache"));
+                match repo {
+                    RepoAt::Dir(dir) => c.env("PODVAULT_REPOSITORY", dir),
+                    RepoAt::S3 { endpoint, prefix } => c
+                        .env(
+                            "PODVAULT_REPOSITORY",
+                            format!("s3://{}/{prefix}", s3::BUCKET),
+                        )
+                        .env("PODVAULT_S3_ENDPOINT", endpoint),
+                };
             }
             Kind::Restic => {
-                c.env("RESTIC_PASSWORD", PASSWORD)
-                    .arg("--repo")
-                    .arg(work.join("repo"))
-                    .arg("--cache-dir")
-                    .arg(work.join("cache"));
+                c.env("RESTIC_PASSWORD", PASSWORD).arg("--repo");
+                match repo {
+                    RepoAt::Dir(dir) => c.arg(dir),
+                    RepoAt::S3 { endpoint, prefix } => c
+                        .arg(format!("s3:{endpoint}/{}/{prefix}", s3::BUCKET))
+                        .args(["-o", "s3.bucket-lookup=path", "-o"])
+                        .arg(format!("s3.region={}", s3::REGION)),
+                };
+                c.arg("--cache-dir").arg(work.join("cache"));
             }
             Kind::Rustic => {
+                // S3 mode leaves rustic out (see find_tools).
+                let RepoAt::Dir(dir) = repo else {
+                    unreachable!("rustic runs only on local repositories")
+                };
                 c.env("RUSTIC_PASSWORD", PASSWORD)
                     .arg("--repository")
-                    .arg(work.join("repo"))
+                    .arg(dir)
                     .arg("--cache-dir")
                     .arg(work.join("cache"))
                     .arg("--no-progress");
@@ -113,15 +232,15 @@ impl Tool {
         c
     }
 
-    fn init(&self, work: &Path) -> Command {
-        let mut c = self.command(work);
+    fn init(&self, work: &Path, repo: &RepoAt) -> Command {
+        let mut c = self.command(work, repo);
         c.arg("init");
         c
     }
 
     /// Backs up the *content* of `src` (run from inside it, so restic/rustic store `.`).
-    fn backup(&self, work: &Path, src: &Path) -> Command {
-        let mut c = self.command(work);
+    fn backup(&self, work: &Path, repo: &RepoAt, src: &Path) -> Command {
+        let mut c = self.command(work, repo);
         match self.kind {
             Kind::Podvault => c.args(["backup", "--json", "-q"]).arg(src),
             Kind::Restic => c.current_dir(src).args(["backup", "--quiet", "."]),
@@ -130,8 +249,8 @@ impl Tool {
         c
     }
 
-    fn restore(&self, work: &Path, target: &Path) -> Command {
-        let mut c = self.command(work);
+    fn restore(&self, work: &Path, repo: &RepoAt, target: &Path) -> Command {
+        let mut c = self.command(work, repo);
         match self.kind {
             Kind::Podvault => c.args(["restore", "latest", "-q", "--target"]).arg(target),
             Kind::Restic => c
@@ -162,6 +281,9 @@ fn main() -> Result<()> {
     {
         bail!("--runs must be ≥ 1, --scale > 0 and --change within 0..=1");
     }
+    if args.backend != "s3" && args.latency_ms > 0 {
+        bail!("--latency-ms needs --backend s3");
+    }
     let data_dir = match &args.data_dir {
         Some(d) => d.clone(),
         None => home()?.join(".cache/podvault-bench-data"),
@@ -187,6 +309,10 @@ fn main() -> Result<()> {
         eprintln!("note: neither restic nor rustic is on PATH; only podvault is measured");
     }
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let s3 = match args.backend.as_str() {
+        "s3" => Some(S3Setup::start(&args, &work_root.join("s3-server"))?),
+        _ => None,
+    };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     for dataset in datasets {
         let plan = Plan::new(dataset, args.scale, args.seed);
@@ -205,10 +331,11 @@ fn main() -> Result<()> {
                 "cached".to_string()
             }
         );
-        let results = compare(&args, &cached, &tools, &work_root, threads)?;
+        let results = compare(&args, &cached, &tools, &work_root, s3.as_ref(), threads)?;
         let md = results.to_markdown();
         println!("{md}");
-        let base = out_dir.join(dataset.name());
+        let suffix = s3.as_ref().map(S3Setup::suffix).unwrap_or_default();
+        let base = out_dir.join(format!("{}{suffix}", dataset.name()));
         fs::write(base.with_extension("md"), &md)?;
         fs::write(
             base.with_extension("json"),
@@ -235,6 +362,7 @@ fn compare(
     cached: &Cached,
     tools: &[Tool],
     work_root: &Path,
+    s3: Option<&S3Setup>,
     threads: usize,
 ) -> Result<Results> {
     let plan = &cached.plan;
@@ -244,15 +372,40 @@ fn compare(
     );
     results.source_bytes = plan.total_bytes();
     results.source_files = plan.files.len() as u64;
+    results.backend = s3.map_or("local directories".into(), S3Setup::describe);
     results.notes.push(format!(
-        "scale {}, seed {}, {} run(s) interleaved, {} CPU(s), {} local-directory repositories; `--change {}` rewrites that fraction of the bytes in place before the third backup",
+        "scale {}, seed {}, {} run(s) interleaved, {} CPU(s), a fresh {} repository per tool and run; `--change {}` rewrites that fraction of the bytes in place before the third backup",
         args.scale,
         args.seed,
         args.runs,
         threads,
-        tools.len(),
+        if s3.is_some() { "S3" } else { "local-directory" },
         args.change
     ));
+    if let Some(s3) = s3 {
+        results.notes.push(format!(
+            "S3: {} on 127.0.0.1, bucket `{}`, one prefix per tool and run, path-style addressing, region {}; every request goes through a store-and-forward proxy in the harness{}. Server and proxy CPU and memory are not counted against the tools",
+            s3.server.version(),
+            s3::BUCKET,
+            s3::REGION,
+            if s3.latency_ms > 0 {
+                format!(" that holds it {} ms before forwarding (concurrent requests wait concurrently)", s3.latency_ms)
+            } else {
+                " (no added delay)".to_string()
+            }
+        ));
+        results.notes.push(format!(
+            "S3 rows are counted by the proxy: LIST is a GET with a listing query (`list-type`, `prefix`, …), GET every other GET (whole objects, ranges, `?location`); MiB up/down are HTTP body bytes (object data, listings, chunk framing and signatures included, headers not). Repository size is measured {}",
+            match s3.server.kind() {
+                ServerKind::S3sFs => "on the server's side: s3s-fs stores each object as one file of its size, summed under the prefix's directory",
+                ServerKind::Moto => "with a LIST of the prefix sent to moto directly (not through the proxy, not counted)",
+            }
+        ));
+    }
+    results.notes.push(
+        "each tool's local cache starts empty each run and stays warm across its phases: restic `--cache-dir <work>/cache`, podvault `PODVAULT_CACHE_DIR=<work>/cache`"
+            .into(),
+    );
     results.notes.push(format!(
         "tools: {}",
         tools
@@ -269,9 +422,19 @@ fn compare(
         for k in 0..tools.len() {
             let tool = &tools[(run + k) % tools.len()];
             let work = work_root.join(format!("{}-{}", plan.dataset, tool.name));
-            let r = run_once(args, cached, tool, &work, run, &mut results);
+            let repo = match s3 {
+                Some(s3) => RepoAt::S3 {
+                    endpoint: s3.proxy.url(),
+                    prefix: format!("{}-{}-run{}", plan.dataset, tool.name, run + 1),
+                },
+                None => RepoAt::Dir(work.join("repo")),
+            };
+            let r = run_once(args, cached, tool, &work, &repo, s3, run, &mut results);
             if !args_keep_work() {
                 let _ = fs::remove_dir_all(&work);
+                if let (Some(s3), RepoAt::S3 { prefix, .. }) = (s3, &repo) {
+                    let _ = s3.server.remove(prefix);
+                }
             }
             r.with_context(|| format!("{} run {} on {}", tool.name, run + 1, plan.dataset))?;
         }
@@ -284,11 +447,14 @@ fn args_keep_work() -> bool {
     std::env::var_os("PODVAULT_BENCH_KEEP").is_some_and(|v| v == "1")
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_once(
     args: &Args,
     cached: &Cached,
     tool: &Tool,
     work: &Path,
+    repo: &RepoAt,
+    s3: Option<&S3Setup>,
     run: usize,
     results: &mut Results,
 ) -> Result<()> {
@@ -296,14 +462,34 @@ fn run_once(
         fs::remove_dir_all(work).with_context(|| format!("clearing {}", work.display()))?;
     }
     fs::create_dir_all(work)?;
-    let repo = work.join("repo");
     let src = cached.tree();
     let source_bytes = cached.plan.total_bytes();
-    step(tool, work, "init", &mut tool.init(work))?;
-    let mut before = measure::dir_usage(&repo)?;
+    let usage = || -> Result<(u64, u64)> {
+        Ok(match (repo, s3) {
+            (RepoAt::S3 { prefix, .. }, Some(s3)) => s3
+                .server
+                .usage(prefix)
+                .with_context(|| format!("measuring {prefix}/ on the S3 server"))?,
+            (RepoAt::Dir(dir), _) => measure::dir_usage(dir)?,
+            (RepoAt::S3 { .. }, None) => unreachable!("an S3 repository without a server"),
+        })
+    };
+    let traffic = || s3.map(|s3| s3.proxy.traffic());
+    if let (Some(s3), RepoAt::S3 { prefix, .. }) = (s3, repo) {
+        s3.server.remove(prefix)?;
+    }
+    step(tool, work, "init", &mut tool.init(work, repo))?;
+    let mut before = usage()?;
     let mut backup = |phase: Phase, results: &mut Results| -> Result<()> {
-        let u = step(tool, work, phase.short(), &mut tool.backup(work, &src))?;
-        let after = measure::dir_usage(&repo)?;
+        let t0 = traffic();
+        let u = step(
+            tool,
+            work,
+            phase.short(),
+            &mut tool.backup(work, repo, &src),
+        )?;
+        let moved = since(traffic(), t0);
+        let after = usage()?;
         results.add(
             &tool.name,
             phase,
@@ -311,9 +497,10 @@ fn run_once(
                 u,
                 after.0.saturating_sub(before.0),
                 after.1.saturating_sub(before.1),
+                moved,
             ),
         );
-        report(tool, run, phase, &u, source_bytes);
+        report(tool, run, phase, &u, source_bytes, moved);
         before = after;
         Ok(())
     };
@@ -324,9 +511,16 @@ fn run_once(
     let changed = backup(Phase::Changed, results);
     let target = work.join("restore");
     let restored = changed.and_then(|()| {
-        let u = step(tool, work, "restore", &mut tool.restore(work, &target))?;
-        results.add(&tool.name, Phase::Restore, sample(u, 0, 0));
-        report(tool, run, Phase::Restore, &u, source_bytes);
+        let t0 = traffic();
+        let u = step(
+            tool,
+            work,
+            "restore",
+            &mut tool.restore(work, repo, &target),
+        )?;
+        let moved = since(traffic(), t0);
+        results.add(&tool.name, Phase::Restore, sample(u, 0, 0, moved));
+        report(tool, run, Phase::Restore, &u, source_bytes, moved);
         Ok(())
     });
     cached
@@ -344,26 +538,40 @@ fn run_once(
     Ok(())
 }
 
-fn sample(u: Usage, repo_bytes: u64, repo_objects: u64) -> Sample {
+fn sample(u: Usage, repo_bytes: u64, repo_objects: u64, traffic: Option<Traffic>) -> Sample {
     Sample {
         wall_s: u.wall.as_secs_f64(),
         cpu_s: u.cpu.as_secs_f64(),
         max_rss: u.max_rss,
         repo_bytes,
         repo_objects,
+        traffic,
     }
 }
 
-fn report(tool: &Tool, run: usize, phase: Phase, u: &Usage, source_bytes: u64) {
+/// The proxy's traffic between two readings.
+fn since(now: Option<Traffic>, before: Option<Traffic>) -> Option<Traffic> {
+    Some(now?.since(&before?))
+}
+
+fn report(
+    tool: &Tool,
+    run: usize,
+    phase: Phase,
+    u: &Usage,
+    source_bytes: u64,
+    traffic: Option<Traffic>,
+) {
     eprintln!(
-        "  run {} {:<8} {:<20} {:>7.2}s {:>7.1} MB/s  cpu {:>6.2}s  rss {:>6.1} MiB",
+        "  run {} {:<8} {:<20} {:>7.2}s {:>7.1} MB/s  cpu {:>6.2}s  rss {:>6.1} MiB{}",
         run + 1,
         tool.name,
         phase.label(),
         u.wall.as_secs_f64(),
         source_bytes as f64 / 1e6 / u.wall.as_secs_f64().max(1e-9),
         u.cpu.as_secs_f64(),
-        u.max_rss as f64 / 1048576.0
+        u.max_rss as f64 / 1048576.0,
+        traffic.map_or(String::new(), |t| format!("  {t}"))
     );
 }
 
@@ -415,6 +623,12 @@ fn find_tools(args: &Args) -> Result<Vec<Tool>> {
         (Kind::Rustic, "rustic", &["--version"][..]),
     ] {
         if !wanted(name) {
+            continue;
+        }
+        if kind == Kind::Rustic && args.backend == "s3" {
+            if !args.tools.is_empty() {
+                bail!("rustic is not wired up for --backend s3 (podvault and restic are)");
+            }
             continue;
         }
         match which(name) {
