@@ -61,6 +61,9 @@ pub struct Cli {
     /// [default: $XDG_CACHE_HOME/podvault, else ~/.cache/podvault].
     #[arg(long, global = true, env = "PODVAULT_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Size limit of one repository's cache, MiB (least recently used entries go first).
+    #[arg(long, global = true, env = "PODVAULT_CACHE_MAX_MIB", default_value_t = 4096)]
+    pub cache_max_mib: u64,
     /// Use no local cache: read all metadata from the repository.
     #[arg(long, global = true, env = "PODVAULT_NO_CACHE")]
     pub no_cache: bool,
@@ -140,7 +143,12 @@ impl Cli {
     /// Opens the repository with the local metadata cache (unless `--no-cache`).
     pub fn open_repo(&self) -> Result<crate::repository::Repository> {
         let repo = crate::repository::Repository::open(&self.location()?, &self.password(false)?)?;
-        Ok(repo.with_cache(self.cache_root().as_deref(), crate::cache::DEFAULT_LIMIT))
+        Ok(repo.with_cache(self.cache_root().as_deref(), self.cache_limit()))
+    }
+
+    /// The cache size limit in bytes.
+    pub fn cache_limit(&self) -> u64 {
+        self.cache_max_mib.saturating_mul(1 << 20)
     }
 
     /// The cache root in use, if any.
@@ -216,7 +224,10 @@ pub fn main() -> ExitCode {
         Command::Prune(o) => commands::prune::run(&cli, o),
         Command::Check(o) => commands::check::run(&cli, o),
         Command::Key(a) => commands::key::run(&cli, a),
-        Command::Agent(a) => crate::worker::agent_command(a),
+        Command::Agent(a) => {
+            crate::worker::repo::set_cache_root(cli.cache_root(), cli.cache_limit());
+            crate::worker::agent_command(a)
+        }
         Command::RestoreWait(a) => crate::worker::restore_wait::run(a),
     };
     match result {

@@ -297,6 +297,22 @@ impl Repository {
         self
     }
 
+    /// Whether the repository's `config` still opens with this repository's key and says
+    /// the same (false: the repository was replaced since it was opened).
+    pub fn config_still_opens(&self) -> Result<bool> {
+        let sealed = match self.backend.read("config") {
+            Ok(s) => s,
+            Err(e) if e.is_not_found() => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        Ok(self
+            .key
+            .open(ObjectKind::Config.aad(), &sealed)
+            .ok()
+            .and_then(|plain| Config::decode(&plain).ok())
+            .is_some_and(|c| c.encode() == self.config.encode()))
+    }
+
     /// The attached cache.
     pub fn cache(&self) -> Option<&Cache> {
         self.cache.as_deref()

@@ -21,7 +21,7 @@ use podvault_proto::retention::RetentionPolicy;
 
 use super::decide::{backup_options, forget_options, restore_options, restore_series};
 use super::outcome::{Failure, OpResult, Reason, Report};
-use super::repo::{open_or_init, RepoSettings};
+use super::repo::{open_or_init, open_repository, RepoSettings};
 use crate::error::Error;
 use crate::progress::Progress;
 use crate::repository::Repository;
@@ -239,7 +239,7 @@ fn run_restore(
         .map_err(|e| Failure::new(Reason::InvalidSpec, e))?;
     let loc = locate_volume(&job.pod, &spec.volume, job.pv.as_ref(), &job.node)?;
     status.host_path = Some(loc.path.display().to_string());
-    let repo: Repository = Repository::open(&job.repo.location, &job.repo.password)
+    let repo: Repository = open_repository(&job.repo, false)
         .map_err(|e| Failure::engine(&format!("BackupRepository {}", job.repo.name), &e))?;
     let (id, snapshot) = match (&spec.snapshot.id, &spec.snapshot.latest) {
         (Some(id), _) => repo

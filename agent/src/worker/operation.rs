@@ -515,8 +515,7 @@ async fn forget_snapshot<K: Operation>(ctx: &Agent, obj: &K, id: &str) -> Result
         .ok_or_else(|| format!("BackupRepository {name} settings are no longer cached"))?;
     let id = id.to_string();
     tokio::task::spawn_blocking(move || {
-        let repo = crate::repository::Repository::open(&settings.location, &settings.password)
-            .map_err(|e| e.to_string())?;
+        let repo = super::repo::open_repository(&settings, false).map_err(|e| e.to_string())?;
         let (sid, _) = repo.find_snapshot(&id).map_err(|e| e.to_string())?;
         repo.backend()
             .delete(&crate::repository::object_path::<

@@ -1,9 +1,18 @@
 //! Repository settings from a BackupRepository and its Secrets, and open-or-init.
 //!
+//! Opened repositories are kept for [`OPENED_TTL`] (keyed by location and password), so
+//! the Argon2id key derivation runs once per repository and not once per operation; before
+//! reuse the repository's config is read again and must still open with the kept key (a
+//! repository deleted and created anew at the same place is opened afresh). Every opened
+//! repository uses the agent's metadata cache ([`set_cache_root`]).
+//!
 //! The Secrets are read by the API seam (from the agent's own namespace only) and handed here
 //! as plain key → bytes maps, so building a [`Location`] is a pure function.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use podvault_proto::crd::BackupRepositorySpec;
 
@@ -138,11 +147,67 @@ pub fn settings(
     })
 }
 
-/// Opens the repository; creates it when it has never been initialised (first use). When two
-/// agents initialise at once, the loser opens the winner's repository.
-pub fn open_or_init(s: &RepoSettings) -> crate::Result<Repository> {
+/// How long an opened repository is kept for the next operation.
+pub const OPENED_TTL: Duration = Duration::from_secs(600);
+
+static CACHE_ROOT: OnceLock<(Option<PathBuf>, u64)> = OnceLock::new();
+
+type Opened = HashMap<[u8; 32], (Instant, Repository)>;
+
+fn opened() -> &'static Mutex<Opened> {
+    static OPENED: OnceLock<Mutex<Opened>> = OnceLock::new();
+    OPENED.get_or_init(Mutex::default)
+}
+
+/// Sets the metadata cache root of every repository this process opens (once, at start).
+pub fn set_cache_root(root: Option<PathBuf>, limit: u64) {
+    let _ = CACHE_ROOT.set((root, limit));
+}
+
+/// Identity of settings: location with its credentials, and password.
+fn settings_key(s: &RepoSettings) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(format!("{:?}", s.location).as_bytes());
+    h.update(b"\0");
+    h.update(&s.password);
+    *h.finalize().as_bytes()
+}
+
+/// Opens the repository (reusing one opened recently with the same settings); with
+/// `init`, creates it when it has never been initialised (first use). When two agents
+/// initialise at once, the loser opens the winner's repository.
+pub fn open_repository(s: &RepoSettings, init: bool) -> crate::Result<Repository> {
+    let key = settings_key(s);
+    let kept = {
+        let mut m = opened().lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, (at, _)| at.elapsed() < OPENED_TTL);
+        m.get(&key).map(|(_, r)| r.clone())
+    };
+    if let Some(repo) = kept {
+        match repo.config_still_opens() {
+            Ok(true) => return Ok(repo),
+            Ok(false) => {
+                tracing::info!(repository = %s.name, "repository config changed; opening it again")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let (root, limit) = CACHE_ROOT
+        .get()
+        .cloned()
+        .unwrap_or((None, crate::cache::DEFAULT_LIMIT));
+    let repo = open_uncached(s, init)?.with_cache(root.as_deref(), limit);
+    opened()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, (Instant::now(), repo.clone()));
+    Ok(repo)
+}
+
+/// Opens (or with `init` creates on first use) the repository; nothing kept.
+fn open_uncached(s: &RepoSettings, init: bool) -> crate::Result<Repository> {
     match Repository::open(&s.location, &s.password) {
-        Err(Error::NotInitialised { .. }) => {
+        Err(Error::NotInitialised { .. }) if init => {
             tracing::info!(repository = %s.name, location = %s.location, "initialising repository on first use");
             match Repository::init(&s.location, &s.password, &InitOptions::default()) {
                 Err(Error::AlreadyInitialised { .. }) => Repository::open(&s.location, &s.password),
@@ -151,6 +216,11 @@ pub fn open_or_init(s: &RepoSettings) -> crate::Result<Repository> {
         }
         r => r,
     }
+}
+
+/// Opens the repository; creates it when it has never been initialised (first use).
+pub fn open_or_init(s: &RepoSettings) -> crate::Result<Repository> {
+    open_repository(s, true)
 }
 
 #[cfg(test)]
