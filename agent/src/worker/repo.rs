@@ -329,4 +329,39 @@ passwordSecret: {{name: pw, key: password}}
         wrong.password = b"nope".to_vec();
         assert_eq!(open_or_init(&wrong).unwrap_err().reason(), "wrong_password");
     }
+
+    #[test]
+    fn an_opened_repository_is_kept_and_a_replaced_one_opened_afresh() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("repo");
+        let s = spec(&format!(
+            "
+backend: {{fs: {{path: {}}}}}
+passwordSecret: {{name: pw, key: password}}
+",
+            path.display()
+        ));
+        let st = settings("kept", &s, &data(&[("password", "pw1")]), None).unwrap();
+        let first = open_or_init(&st).unwrap();
+        // Without key files nothing could open it again: success means the kept one.
+        let keys = path.join("keys");
+        let saved = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(&keys).unwrap() {
+            let e = e.unwrap();
+            std::fs::rename(e.path(), saved.path().join(e.file_name())).unwrap();
+        }
+        let again = open_repository(&st, false).unwrap();
+        assert_eq!(again.config().repository_id, first.config().repository_id);
+        // Replaced at the same place (same password): the kept key no longer opens the
+        // config, so the new repository is opened.
+        std::fs::remove_dir_all(&path).unwrap();
+        let replaced = open_or_init(&st).unwrap();
+        assert_ne!(replaced.config().repository_id, first.config().repository_id);
+        // And gone: an error, not the kept repository.
+        std::fs::remove_dir_all(&path).unwrap();
+        assert_eq!(
+            open_repository(&st, false).unwrap_err().reason(),
+            "not_initialised"
+        );
+    }
 }
