@@ -70,7 +70,7 @@ pub struct BackupOptions {
     #[arg(long)]
     pub stdin: bool,
     /// Name of the file `--stdin` stores (one path component; default `stdin`).
-    #[arg(long, requires = "stdin", value_name = "NAME")]
+    #[arg(long, value_name = "NAME")]
     pub stdin_filename: Option<String>,
     /// Tag the snapshot (`key=value` or a plain word); repeatable.
     #[arg(long = "tag", value_name = "TAG")]

@@ -13,6 +13,12 @@ use crate::repository::Repository;
 /// Runs `backup`.
 pub fn run(cli: &Cli, opts: &BackupOptions) -> Result<u8> {
     let name = opts.stdin_filename.as_deref().unwrap_or("stdin");
+    if opts.stdin_filename.is_some() && !opts.stdin {
+        // clap's `requires` counts the flag's default `false` as present.
+        return Err(Error::InvalidInput(
+            "--stdin-filename names the file --stdin stores; it needs --stdin".into(),
+        ));
+    }
     if opts.stdin {
         // Refused before the repository is opened: nothing to read yet.
         archiver::check_stream_name(name)?;
