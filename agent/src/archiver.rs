@@ -28,6 +28,7 @@
 //! deletion long enough ago that it may already be gone (see [`crate::prune`]).
 
 mod sink;
+mod stream;
 mod walker;
 
 use std::collections::{HashMap, HashSet};
@@ -42,16 +43,18 @@ use crossbeam_channel::{bounded, Receiver};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use podvault_proto::pack::BlobType;
 use podvault_proto::snapshot::{Snapshot, Summary};
-use podvault_proto::{BlobId, SnapshotId};
+use podvault_proto::{BlobId, PackId, SnapshotId, TreeId};
 
 use crate::blob::BlobEncoder;
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::fsat;
+use crate::index::MasterIndex;
 use crate::progress::Progress;
 use crate::prune;
 use crate::repository::{hostname, Repository};
 pub use sink::PackSink;
+pub use stream::{backup_stream, check_stream_name, stream_path, STREAM_FILE_MODE};
 use walker::Walker;
 
 /// What to back up and how.
@@ -59,20 +62,28 @@ use walker::Walker;
 pub struct BackupOptions {
     /// Files or directories to back up. A single directory becomes the snapshot's root;
     /// otherwise each path is an entry of the root named by its last component.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "stdin", conflicts_with = "stdin")]
     pub paths: Vec<PathBuf>,
+    /// Back up what is read from standard input as one file at the snapshot root (a
+    /// database dump: `pg_dumpall | podvault backup --stdin --stdin-filename db.sql`). If
+    /// reading fails, no snapshot is written.
+    #[arg(long)]
+    pub stdin: bool,
+    /// Name of the file `--stdin` stores (one path component; default `stdin`).
+    #[arg(long, value_name = "NAME")]
+    pub stdin_filename: Option<String>,
     /// Tag the snapshot (`key=value` or a plain word); repeatable.
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
     /// Skip paths matching a glob; repeatable. Globs without `/` match any name, globs with
     /// `/` match the path relative to the backed-up directory (`cache/**`).
-    #[arg(long = "exclude", value_name = "GLOB")]
+    #[arg(long = "exclude", value_name = "GLOB", conflicts_with = "stdin")]
     pub excludes: Vec<String>,
     /// Parent snapshot for change detection (default: latest with the same host and paths).
     #[arg(long)]
     pub parent: Option<String>,
     /// Read every file even if unchanged since the parent.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "stdin")]
     pub force: bool,
     /// Host name to record (default: this machine's).
     #[arg(long)]
@@ -175,21 +186,82 @@ pub fn backup(
     let roots = resolve_roots(&opts.paths)?;
     let path_strings: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
     let excludes = Excludes::new(&opts.excludes)?;
-    let mut tags = opts.tags.clone();
-    tags.sort();
-    tags.dedup();
+    let parent = find_parent(repo, opts, &host, &path_strings)?;
+    let index = load_index(repo)?;
+    let parent_tree = match (&parent, opts.force) {
+        (Some((_, s)), false) => Some(repo.load_tree(&index, &s.tree)?),
+        _ => None,
+    };
 
-    // The parent before the index: a snapshot is written after the index objects it needs,
-    // so the index loaded next covers the parent even if it was written a moment ago.
-    let parent = match &opts.parent {
+    let sink = PackSink::new(repo)?;
+    let scan_done = AtomicBool::new(false);
+    let stored = store(
+        repo,
+        &index,
+        &sink,
+        opts,
+        &excludes,
+        progress,
+        cancel,
+        |walker| {
+            thread::scope(|scope| {
+                scope.spawn(|| {
+                    scan(
+                        &roots,
+                        &excludes,
+                        opts.one_file_system,
+                        progress,
+                        &scan_done,
+                    )
+                });
+                let walked = walker.walk_roots(&roots, parent_tree);
+                scan_done.store(true, Ordering::Relaxed);
+                walked
+            })
+        },
+    )?;
+    // The walk can finish before the pre-scan (a small tree, a busy machine); the walk's own
+    // counts are then the exact totals.
+    if !progress.totals_final.load(Ordering::Relaxed) {
+        finalize_totals(progress);
+    }
+    commit(
+        repo,
+        &index,
+        &sink,
+        stored,
+        opts,
+        started,
+        host,
+        path_strings,
+        parent,
+    )
+}
+
+/// The parent snapshot: the one named in `opts`, else the latest with the same host and
+/// paths.
+///
+/// Found before the index is loaded: a snapshot is written after the index objects it needs,
+/// so the index loaded next covers the parent even if it was written a moment ago.
+fn find_parent(
+    repo: &Repository,
+    opts: &BackupOptions,
+    host: &str,
+    paths: &[String],
+) -> Result<Option<(SnapshotId, Snapshot)>> {
+    Ok(match &opts.parent {
         Some(spec) => Some(repo.find_snapshot(spec)?),
         None => repo
             .snapshots()?
             .into_iter()
-            .rfind(|(_, s)| s.hostname == host && s.paths == path_strings),
-    };
-    // The compact deduplication view: full ids for trees, 96-bit prefixes for data blobs
-    // (see `index::Precision::Dedup`), so a huge repository does not dominate memory.
+            .rfind(|(_, s)| s.hostname == host && s.paths == paths),
+    })
+}
+
+/// The compact deduplication view of the index — full ids for trees, 96-bit prefixes for
+/// data blobs (see `index::Precision::Dedup`), so a huge repository does not dominate
+/// memory — with the packs of interrupted backups adopted.
+fn load_index(repo: &Repository) -> Result<MasterIndex> {
     let mut index = repo.load_dedup_index()?;
     let adopted = prune::adopt_orphan_packs(repo, &mut index)?;
     if adopted > 0 {
@@ -198,17 +270,51 @@ pub fn backup(
             "reusing packs left by an interrupted backup"
         );
     }
-    let parent_tree = match (&parent, opts.force) {
-        (Some((_, s)), false) => Some(repo.load_tree(&index, &s.tree)?),
-        _ => None,
-    };
+    Ok(index)
+}
 
-    let sink = PackSink::new(repo)?;
+/// Makes the work done so far the final progress totals.
+fn finalize_totals(progress: &Progress) {
+    progress.files_total.store(
+        progress.files_done.load(Ordering::Relaxed),
+        Ordering::Relaxed,
+    );
+    progress.bytes_total.store(
+        progress.bytes_done.load(Ordering::Relaxed),
+        Ordering::Relaxed,
+    );
+    progress.totals_final.store(true, Ordering::Relaxed);
+}
+
+/// What the pipeline stored: the root tree, the counters, and the packs it deduplicated
+/// against.
+struct Stored {
+    root: TreeId,
+    summary: Summary,
+    used_packs: HashSet<PackId>,
+}
+
+/// Runs `body` with a [`Walker`] whose new chunks flow to compression workers and `sink`;
+/// `body` returns the root tree. File backups walk directories, stream backups
+/// ([`backup_stream`]) chunk one reader; both go through this one pipeline.
+///
+/// Whatever `body` returns, the workers drain and stop before this returns. Nothing here
+/// writes a snapshot: that is [`commit`]'s job, after `sink` is finished.
+#[allow(clippy::too_many_arguments)]
+fn store<'a>(
+    repo: &'a Repository,
+    index: &'a MasterIndex,
+    sink: &'a PackSink,
+    opts: &BackupOptions,
+    excludes: &'a Excludes,
+    progress: &'a Progress,
+    cancel: &'a AtomicBool,
+    body: impl FnOnce(&mut Walker<'_>) -> Result<TreeId>,
+) -> Result<Stored> {
     let threads = opts
         .threads
         .unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get()))
         .max(1);
-    let scan_done = AtomicBool::new(false);
     // Chunk bytes between walker and workers: two average chunks per worker (one being
     // sealed, one waiting) keep every worker busy on typical data. A chunk larger than what
     // is left waits for the pipeline to drain, so a run of maximum-size chunks (long
@@ -216,23 +322,13 @@ pub fn backup(
     // than holding several 8 MiB buffers.
     let chunker = repo.config().chunker;
     let in_flight = InFlight::new(threads * 2 * chunker.avg_size as usize);
-    let (root, summary, used_packs) = thread::scope(|scope| -> Result<_> {
-        scope.spawn(|| {
-            scan(
-                &roots,
-                &excludes,
-                opts.one_file_system,
-                progress,
-                &scan_done,
-            )
-        });
+    thread::scope(|scope| -> Result<_> {
         // The byte budget bounds memory; the job count only needs to let many tiny files
         // queue up without the walker and the workers waking each other per file.
         let (tx, rx) = bounded::<Job>(threads * 64);
         let mut workers = Vec::new();
         for _ in 0..threads {
             let rx = rx.clone();
-            let sink = &sink;
             let in_flight = &in_flight;
             let mut encoder = BlobEncoder::new(repo.config().compression_level)
                 .map_err(|e| Error::InvalidInput(format!("zstd: {e}")))?;
@@ -245,15 +341,15 @@ pub fn backup(
         drop(rx);
         let mut walker = Walker {
             repo,
-            index: &index,
+            index,
             chunker: Chunker::new(repo.config().chunker),
             session: HashSet::new(),
             tx: Some(tx),
-            sink: &sink,
+            sink,
             summary: Summary::default(),
             progress,
             cancel,
-            excludes: &excludes,
+            excludes,
             hardlinks: HashMap::new(),
             tree_encoder: BlobEncoder::new(repo.config().compression_level)
                 .map_err(|e| Error::InvalidInput(format!("zstd: {e}")))?,
@@ -261,10 +357,9 @@ pub fn backup(
             in_flight: &in_flight,
             one_file_system: opts.one_file_system,
         };
-        let walked = walker.walk_roots(&roots, parent_tree);
+        let walked = body(&mut walker);
         // Closing the channel lets the workers drain and exit, whatever happened.
         walker.tx = None;
-        scan_done.store(true, Ordering::Relaxed);
         let mut worker_result = Ok(());
         for w in workers {
             let r = w.join().unwrap_or_else(|_| {
@@ -276,37 +371,47 @@ pub fn backup(
         }
         let root = walked?;
         worker_result?;
-        Ok((root, walker.summary, walker.used_packs))
-    })?;
-    // The walk can finish before the pre-scan (a small tree, a busy machine); the walk's own
-    // counts are then the exact totals.
-    if !progress.totals_final.load(Ordering::Relaxed) {
-        progress.files_total.store(
-            progress.files_done.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
-        progress.bytes_total.store(
-            progress.bytes_done.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
-        progress.totals_final.store(true, Ordering::Relaxed);
-    }
-    sink.finish()?;
-    let mut depends = used_packs;
-    depends.extend(sink.written_packs());
-    prune::check_dependencies(repo, &index, &depends)?;
+        Ok(Stored {
+            root,
+            summary: walker.summary,
+            used_packs: walker.used_packs,
+        })
+    })
+}
 
-    let mut summary = summary;
+/// Makes a backup visible: flushes `sink` (packs, then index), checks no prune is about to
+/// delete a pack the snapshot depends on, and saves the snapshot — the last write.
+#[allow(clippy::too_many_arguments)]
+fn commit(
+    repo: &Repository,
+    index: &MasterIndex,
+    sink: &PackSink,
+    stored: Stored,
+    opts: &BackupOptions,
+    started: chrono::DateTime<chrono::Utc>,
+    host: String,
+    paths: Vec<String>,
+    parent: Option<(SnapshotId, Snapshot)>,
+) -> Result<BackupOutcome> {
+    sink.finish()?;
+    let mut depends = stored.used_packs;
+    depends.extend(sink.written_packs());
+    prune::check_dependencies(repo, index, &depends)?;
+
+    let mut tags = opts.tags.clone();
+    tags.sort();
+    tags.dedup();
+    let mut summary = stored.summary;
     summary.bytes_stored = sink.stored.load(Ordering::Relaxed);
     summary.started_ns = started.timestamp_nanos_opt().unwrap_or_default();
     summary.finished_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
     let snapshot = Snapshot {
         time_ns: summary.started_ns,
         hostname: host,
-        paths: path_strings,
+        paths,
         tags,
         parent: parent.map(|(id, _)| id),
-        tree: root,
+        tree: stored.root,
         program_version: env!("CARGO_PKG_VERSION").into(),
         summary,
     };

@@ -102,6 +102,8 @@ pub enum Command {
     Diff(commands::snapshots::DiffArgs),
     /// Restore a snapshot.
     Restore(RestoreOptions),
+    /// Write one file of a snapshot to standard output (e.g. a database dump).
+    Dump(commands::dump::DumpArgs),
     /// Remove snapshots according to a retention policy.
     Forget(ForgetOptions),
     /// Reclaim space from forgotten snapshots (two-phase; safe beside running backups).
@@ -220,6 +222,7 @@ pub fn main() -> ExitCode {
         Command::Ls(a) => commands::snapshots::ls(&cli, a),
         Command::Diff(a) => commands::snapshots::diff(&cli, a),
         Command::Restore(o) => commands::restore::run(&cli, o),
+        Command::Dump(a) => commands::dump::run(&cli, a),
         Command::Forget(o) => commands::forget::run(&cli, o),
         Command::Prune(o) => commands::prune::run(&cli, o),
         Command::Check(o) => commands::check::run(&cli, o),

@@ -101,6 +101,16 @@ pub enum Error {
         /// The first failure, with its cause.
         first: String,
     },
+    /// Reading a stream being backed up failed (its producer failed); no snapshot was
+    /// written.
+    #[error("reading {name} failed, so no snapshot was written: {source}")]
+    Stream {
+        /// The stream's path in the snapshot (`<stdin>/db.sql`).
+        name: String,
+        /// The reader's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The operation was canceled by the caller.
     #[error("canceled")]
     Canceled,
@@ -129,6 +139,7 @@ impl Error {
             Error::Backend { .. } => "backend",
             Error::Corrupt { .. } | Error::Decode { .. } | Error::MissingBlob { .. } => "corrupt",
             Error::Io { .. } => "io",
+            Error::Stream { .. } => "stream",
             Error::SnapshotNotFound(_) | Error::AmbiguousSnapshot(_) => "snapshot_not_found",
             Error::InvalidInput(_) => "invalid_input",
             Error::RestoreIncomplete { .. } => "restore_incomplete",

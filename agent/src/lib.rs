@@ -4,7 +4,8 @@
 //! [`crypto`] derives keys, ids and seals data, [`blob`] compresses and seals one blob,
 //! [`packer`] groups blobs into pack objects, [`index`] answers "where is blob X",
 //! [`repository`] stores and loads records through a [`backend`], [`archiver`] runs a backup,
-//! [`restorer`] a restore and [`forget`] applies retention. [`cli`] is the `podvault` command.
+//! [`restorer`] a restore, [`dump`] streams one file of a snapshot and [`forget`] applies
+//! retention. [`cli`] is the `podvault` command.
 //! The engine knows nothing of Kubernetes.
 
 pub mod archiver;
@@ -16,6 +17,7 @@ pub mod chunker;
 pub mod cli;
 pub mod commands;
 pub mod crypto;
+pub mod dump;
 pub mod error;
 pub mod forget;
 pub mod fsat;

@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use rand::{Rng, RngCore, SeedableRng};
 
@@ -119,6 +120,60 @@ impl Repo {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command with `input` on its standard input (written from another thread, so
+    /// a large input cannot deadlock against a full output pipe); returns its output.
+    pub fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run podvault");
+        let mut stdin = child.stdin.take().expect("stdin");
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                // A command that refuses its input exits without reading it: not an error here.
+                let _ = stdin.write_all(input);
+            });
+            child.wait_with_output().expect("wait for podvault")
+        })
+    }
+
+    /// `backup --json --stdin --stdin-filename NAME` of `input` plus `extra`, which must
+    /// succeed; returns the parsed output.
+    pub fn backup_stdin_json(&self, name: &str, input: &[u8], extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["backup", "--json", "--stdin", "--stdin-filename", name];
+        args.extend_from_slice(extra);
+        let out = self.run_with_stdin(&args, input);
+        assert!(
+            out.status.success(),
+            "podvault {args:?} failed ({:?}):\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("backup JSON")
+    }
+
+    /// `dump SNAPSHOT PATH`, which must succeed; returns the bytes written.
+    pub fn dump(&self, snapshot: &str, path: &str) -> Vec<u8> {
+        let out = self.run(&["dump", snapshot, path]);
+        assert!(
+            out.status.success(),
+            "podvault dump {snapshot} {path} failed ({:?}):\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// The number of snapshots in the repository.
+    pub fn snapshot_count(&self) -> usize {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ok(&["snapshots", "--json"])).expect("snapshots JSON");
+        v.as_array().expect("array").len()
     }
 
     /// `init` with a cheap KDF (tests open the repository many times).

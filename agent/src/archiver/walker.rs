@@ -372,7 +372,7 @@ impl<'a> Prefetch<'a> {
 }
 
 /// Why reading a file stopped.
-enum ReadError {
+pub(super) enum ReadError {
     /// The file could not be read: recorded, the backup goes on.
     Io(io::Error),
     /// The backup must stop.
@@ -624,7 +624,11 @@ impl Walker<'_> {
 
     /// Stores a directory's tree and returns its id.
     fn close(&mut self, frame: Frame) -> Result<TreeId> {
-        let mut nodes = frame.nodes;
+        self.store_tree(frame.nodes)
+    }
+
+    /// Stores a tree of `nodes` (any order) unless the repository has it; returns its id.
+    pub(super) fn store_tree(&mut self, mut nodes: Vec<Node>) -> Result<TreeId> {
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         let bytes = Tree { nodes }.encode();
         let id = self.repo.key().blob_id(&bytes);
@@ -738,7 +742,7 @@ impl Walker<'_> {
     }
 
     /// Hashes a chunk and queues it for sealing if the repository lacks it.
-    fn chunk(&mut self, data: Bytes) -> Result<ChunkId, ReadError> {
+    pub(super) fn chunk(&mut self, data: Bytes) -> Result<ChunkId, ReadError> {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(ReadError::Fatal(Error::Canceled));
         }

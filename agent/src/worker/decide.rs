@@ -304,6 +304,8 @@ pub fn backup_options(
     excludes.push(RESTORE_MARKER_DIR.to_string());
     BackupOptions {
         paths: vec![path.to_path_buf()],
+        stdin: false,
+        stdin_filename: None,
         tags,
         excludes,
         parent,

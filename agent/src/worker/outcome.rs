@@ -117,7 +117,7 @@ impl Reason {
             Error::Corrupt { .. } | Error::Decode { .. } | Error::MissingBlob { .. } => {
                 Reason::Corrupt
             }
-            Error::Io { .. } => Reason::Io,
+            Error::Io { .. } | Error::Stream { .. } => Reason::Io,
             Error::SnapshotNotFound(_) | Error::AmbiguousSnapshot(_) => Reason::SnapshotNotFound,
             Error::InvalidInput(_) => Reason::InvalidInput,
             Error::RestoreIncomplete { .. } => Reason::RestoreIncomplete,
