@@ -356,7 +356,10 @@ passwordSecret: {{name: pw, key: password}}
         // config, so the new repository is opened.
         std::fs::remove_dir_all(&path).unwrap();
         let replaced = open_or_init(&st).unwrap();
-        assert_ne!(replaced.config().repository_id, first.config().repository_id);
+        assert_ne!(
+            replaced.config().repository_id,
+            first.config().repository_id
+        );
         // And gone: an error, not the kept repository.
         std::fs::remove_dir_all(&path).unwrap();
         assert_eq!(
