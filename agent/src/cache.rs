@@ -167,8 +167,8 @@ impl Cache {
         })();
         match stored {
             Ok(()) => {
-                let size = self.size.fetch_add(bytes.len() as u64, Ordering::Relaxed)
-                    + bytes.len() as u64;
+                let size =
+                    self.size.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64;
                 if size > self.limit {
                     self.evict();
                 }
@@ -391,7 +391,10 @@ mod tests {
         cache.retain(Kind::Snapshot, &HashSet::from(["keep".to_owned()]));
         assert!(cache.get(Kind::Snapshot, "keep").is_some());
         assert!(cache.get(Kind::Snapshot, "gone").is_none());
-        assert!(cache.get(Kind::Index, "gone").is_some(), "other kinds untouched");
+        assert!(
+            cache.get(Kind::Index, "gone").is_some(),
+            "other kinds untouched"
+        );
     }
 
     #[test]

@@ -62,7 +62,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "PODVAULT_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Size limit of one repository's cache, MiB (least recently used entries go first).
-    #[arg(long, global = true, env = "PODVAULT_CACHE_MAX_MIB", default_value_t = 4096)]
+    #[arg(
+        long,
+        global = true,
+        env = "PODVAULT_CACHE_MAX_MIB",
+        default_value_t = 4096
+    )]
     pub cache_max_mib: u64,
     /// Use no local cache: read all metadata from the repository.
     #[arg(long, global = true, env = "PODVAULT_NO_CACHE")]

@@ -25,7 +25,9 @@ use rand::SeedableRng;
 fn wide_tree(root: &Path, dirs: usize, seed: u64) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for d in 0..dirs {
-        let dir = root.join(format!("d{:03}", d / 20)).join(format!("e{d:04}"));
+        let dir = root
+            .join(format!("d{:03}", d / 20))
+            .join(format!("e{d:04}"));
         fs::create_dir_all(&dir).unwrap();
         for f in 0..3 {
             fs::write(dir.join(format!("f{f}")), fill(&mut rng, 600, true)).unwrap();
@@ -110,7 +112,13 @@ fn measure(dirs: usize) -> Option<Figures> {
     let restore = requests(
         &proxy,
         &repo,
-        &["restore", "latest", "-q", "--target", target.to_str().unwrap()],
+        &[
+            "restore",
+            "latest",
+            "-q",
+            "--target",
+            target.to_str().unwrap(),
+        ],
     );
     assert_same_tree(&src, &target);
     eprintln!(
@@ -178,8 +186,10 @@ fn damaged_cache_entries_are_detected_and_replaced() {
         kinds("snapshots") >= 1 && kinds("index") >= 1 && kinds("trees") >= 1,
         "snapshots, index and tree packs are cached: {files:?}"
     );
-    let originals: Vec<(PathBuf, Vec<u8>)> =
-        files.iter().map(|p| (p.clone(), fs::read(p).unwrap())).collect();
+    let originals: Vec<(PathBuf, Vec<u8>)> = files
+        .iter()
+        .map(|p| (p.clone(), fs::read(p).unwrap()))
+        .collect();
 
     // Three kinds of damage: a flipped byte, a truncation, and another entry's bytes.
     let foreign = originals
@@ -212,7 +222,13 @@ fn damaged_cache_entries_are_detected_and_replaced() {
         String::from_utf8_lossy(&out.stderr)
     );
     let target = tmp.path().join("restored");
-    repo.ok(&["restore", "latest", "-q", "--target", target.to_str().unwrap()]);
+    repo.ok(&[
+        "restore",
+        "latest",
+        "-q",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
     assert_same_tree(&src, &target);
     // Every entry read again is intact (replaced from the repository).
     for (path, bytes) in &originals {
@@ -261,7 +277,13 @@ fn another_repositorys_cache_is_never_used() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), listing);
     let target = tmp.path().join("restored-b");
-    b.ok(&["restore", "latest", "-q", "--target", target.to_str().unwrap()]);
+    b.ok(&[
+        "restore",
+        "latest",
+        "-q",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
     assert_same_tree(&src_b, &target);
 }
 
