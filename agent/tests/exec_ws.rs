@@ -140,7 +140,12 @@ fn spec(word: &str, timeout: Duration) -> ExecSpec {
 #[tokio::test]
 async fn success_returns_exit_zero_and_stdout() {
     let (client, seen) = stand_in().await;
-    let out = exec(&client, &spec("echo", Duration::from_secs(30)), Stdout::Tail).await;
+    let out = exec(
+        &client,
+        &spec("echo", Duration::from_secs(30)),
+        Stdout::Tail,
+    )
+    .await;
     assert_eq!(out.exit, Exit::Code(0));
     assert_eq!(out.stdout_tail, b"hello from the pod\n");
     assert_eq!(out.stdout_bytes, 19);
@@ -159,7 +164,12 @@ async fn success_returns_exit_zero_and_stdout() {
 #[tokio::test]
 async fn non_zero_exit_keeps_the_stderr_tail() {
     let (client, _) = stand_in().await;
-    let out = exec(&client, &spec("fail", Duration::from_secs(30)), Stdout::Tail).await;
+    let out = exec(
+        &client,
+        &spec("fail", Duration::from_secs(30)),
+        Stdout::Tail,
+    )
+    .await;
     assert_eq!(out.exit, Exit::Code(3));
     assert_eq!(out.stderr_tail.len(), STDERR_TAIL);
     let text = out.stderr_text();
@@ -170,7 +180,12 @@ async fn non_zero_exit_keeps_the_stderr_tail() {
 #[tokio::test]
 async fn a_connection_without_status_is_an_unknown_exit() {
     let (client, _) = stand_in().await;
-    let out = exec(&client, &spec("nostatus", Duration::from_secs(30)), Stdout::Tail).await;
+    let out = exec(
+        &client,
+        &spec("nostatus", Duration::from_secs(30)),
+        Stdout::Tail,
+    )
+    .await;
     assert!(
         matches!(&out.exit, Exit::Unknown(m) if m.contains("without an exit status")),
         "{:?}",
@@ -253,6 +268,7 @@ async fn large_stdout_streams_with_bounded_memory() {
         last < BIG / 2,
         "{last} of {BIG} bytes were sent while the reader was paused"
     );
+    eprintln!("in flight while paused: {last} bytes");
     resume_tx.send(()).unwrap();
     let (consumed, out) = run.await.unwrap();
     let (total, bad) = consumed.unwrap();
