@@ -18,6 +18,7 @@
 //!   coordinated first use of a repository);
 //! - [`hooks`]: pre/post backup hooks (annotation parsing and their rules, pure) and
 //!   [`exec`]: running a command in a container through `pods/exec` (hooks, dumps);
+//!   [`dump`]: a backup command's stdout streamed into a one-file snapshot (the glue);
 //! - [`metrics`]: Prometheus metrics and the `/metrics` + `/healthz` server;
 //! - [`restore_wait`]: the `podvault restore-wait` init-container mode.
 //!
@@ -25,6 +26,7 @@
 
 pub mod agent;
 pub mod decide;
+pub mod dump;
 pub mod exec;
 pub mod execute;
 pub mod hooks;

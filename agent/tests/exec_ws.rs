@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use kube::Client;
+use podvault::worker::dump::dump_with;
 use podvault::worker::exec::{exec, run_streamed, ExecSpec, Exit, Stdout, STDERR_TAIL};
+use podvault::worker::hooks::DumpCommand;
+use podvault::worker::outcome::{Failure, Reason};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
@@ -296,4 +299,50 @@ async fn a_failed_command_makes_the_stream_reader_fail() {
     let err = res.unwrap_err();
     assert!(err.contains("exit status unknown"), "{err}");
     assert!(!out.exit.success());
+}
+
+fn dump(word: &str) -> DumpCommand {
+    DumpCommand {
+        container: "db".into(),
+        command: vec![word.into()],
+        filename: "pg-0.dump".into(),
+        timeout: Duration::from_secs(600),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_is_saved_only_when_the_command_succeeds() {
+    let (client, _) = stand_in().await;
+    // The `save` stands in for archiver::backup_stream: it "writes a snapshot" only after
+    // reading to a clean EOF.
+    let save = |mut r: podvault::worker::exec::StreamReader| {
+        let mut n = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) => return Ok(format!("snapshot of {n} bytes")),
+                Ok(k) => n += k as u64,
+                Err(e) => return Err(Failure::new(Reason::Io, format!("reading the dump: {e}"))),
+            }
+        }
+    };
+    let ok = dump_with(client.clone(), "shop", "pg-0", &dump("big"), save).await;
+    assert_eq!(ok.unwrap(), format!("snapshot of {BIG} bytes"));
+    let f = dump_with(client.clone(), "shop", "pg-0", &dump("fail"), save)
+        .await
+        .unwrap_err();
+    assert_eq!(f.reason, Reason::DumpFailed);
+    for part in [
+        "[\"fail\"]",
+        "exit code 3",
+        "FATAL: could not freeze",
+        "no snapshot",
+    ] {
+        assert!(f.message.contains(part), "{}", f.message);
+    }
+    let f = dump_with(client, "shop", "pg-0", &dump("nostatus"), save)
+        .await
+        .unwrap_err();
+    assert_eq!(f.reason, Reason::DumpFailed);
+    assert!(f.message.contains("exit status unknown"), "{}", f.message);
 }

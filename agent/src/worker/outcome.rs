@@ -73,6 +73,8 @@ pub enum Reason {
     HookFailed,
     /// A backup hook ran longer than its timeout with on-error Fail.
     HookTimeout,
+    /// A backup command (logical dump) failed, timed out, or its output could not be saved.
+    DumpFailed,
     /// The pod's hook or backup-command annotations are malformed.
     InvalidHook,
     /// The pod has hook or backup-command annotations and the agent runs without
@@ -114,6 +116,7 @@ impl Reason {
             Reason::InvalidInput => "invalid_input",
             Reason::HookFailed => "hook_failed",
             Reason::HookTimeout => "hook_timeout",
+            Reason::DumpFailed => "dump_failed",
             Reason::InvalidHook => "invalid_hook",
             Reason::ExecNotAllowed => "exec_not_allowed",
         }
