@@ -58,6 +58,8 @@ async fn serve(listener: TcpListener, seen: Arc<Seen>) {
         tokio::spawn(async move {
             let path = Arc::new(Mutex::new(String::new()));
             let p = path.clone();
+            // The handshake callback's signature is tungstenite's.
+            #[allow(clippy::result_large_err)]
             let callback = move |req: &Request, mut resp: Response| {
                 *p.lock().unwrap() = req.uri().to_string();
                 resp.headers_mut().insert(
