@@ -16,6 +16,9 @@
 //!   start-up), [`operation`] (one decide → claim → run → finish path for both kinds),
 //!   [`status`] (claim, status patches, finalizer), [`prepare`] (reads before a run and the
 //!   coordinated first use of a repository);
+//! - [`hooks`]: pre/post backup hooks (annotation parsing and their rules, pure) and
+//!   [`exec`]: running a command in a container through `pods/exec` (hooks, dumps);
+//!   [`dump`]: a backup command's stdout streamed into a one-file snapshot (the glue);
 //! - [`metrics`]: Prometheus metrics and the `/metrics` + `/healthz` server;
 //! - [`restore_wait`]: the `podvault restore-wait` init-container mode.
 //!
@@ -23,7 +26,10 @@
 
 pub mod agent;
 pub mod decide;
+pub mod dump;
+pub mod exec;
 pub mod execute;
+pub mod hooks;
 pub mod metrics;
 pub mod operation;
 pub mod outcome;
@@ -66,6 +72,11 @@ pub struct AgentArgs {
     /// Address serving `/metrics` and `/healthz`.
     #[arg(long, env = "PODVAULT_METRICS_ADDR", default_value = "0.0.0.0:8081")]
     pub metrics_addr: SocketAddr,
+    /// Run backup hooks and backup commands in pods' containers (`pods/exec`). When off, a
+    /// PodVolumeBackup of a pod with hook or backup-command annotations fails with
+    /// `exec_not_allowed` instead of running without its hook.
+    #[arg(long, env = "PODVAULT_ALLOW_EXEC")]
+    pub allow_exec: bool,
     /// Back up and restore hostPath volumes too.
     #[arg(long, env = "PODVAULT_ALLOW_HOST_PATH")]
     pub allow_host_path: bool,

@@ -276,6 +276,101 @@ fn rbac_is_least_privilege() {
     }
 }
 
+/// Every `(apiGroup, resource, verb)` the agent's service account is granted by the cluster
+/// roles bound to it in the manifests, with the role granting it.
+fn agent_cluster_grants() -> std::collections::BTreeSet<(String, String, String, String)> {
+    let docs = documents(&deploy().join("manifests/10-rbac.yaml"));
+    let mut grants = std::collections::BTreeSet::new();
+    for doc in docs.iter().filter(|d| d["kind"] == "ClusterRoleBinding") {
+        let binding: ClusterRoleBinding = serde_json::from_value(doc.clone()).unwrap();
+        if !binding
+            .subjects
+            .unwrap_or_default()
+            .iter()
+            .any(|s| s.kind == "ServiceAccount" && s.name == "podvault-agent")
+        {
+            continue;
+        }
+        let role_name = binding.role_ref.name;
+        let role: ClusterRole = manifest("10-rbac.yaml", "ClusterRole", &role_name);
+        for rule in role.rules.unwrap_or_default() {
+            for g in rule.api_groups.clone().unwrap_or_default() {
+                for r in rule.resources.clone().unwrap_or_default() {
+                    for v in &rule.verbs {
+                        grants.insert((role_name.clone(), g.clone(), r.clone(), v.clone()));
+                    }
+                }
+            }
+        }
+    }
+    grants
+}
+
+#[test]
+fn the_only_exec_permission_is_create_on_pods_exec_in_its_own_role() {
+    let grants = agent_cluster_grants();
+    // Nothing in the agent's main role touches a subresource of pods.
+    assert!(
+        !grants
+            .iter()
+            .any(|(role, _, r, _)| role == "podvault-agent" && r.starts_with("pods/")),
+        "{grants:?}"
+    );
+    // The hooks role grants exactly one thing.
+    let exec: Vec<_> = grants
+        .iter()
+        .filter(|(role, ..)| role == "podvault-agent-exec")
+        .map(|(_, g, r, v)| (g.as_str(), r.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(exec, vec![("", "pods/exec", "create")]);
+    // And nothing else anywhere grants exec, attach, port-forward or proxy.
+    for (role, _, r, v) in &grants {
+        if [
+            "pods/attach",
+            "pods/portforward",
+            "pods/proxy",
+            "nodes/proxy",
+        ]
+        .contains(&r.as_str())
+            || (r == "pods/exec" && role != "podvault-agent-exec")
+            || (r == "pods" && !["get", "list", "watch"].contains(&v.as_str()))
+        {
+            panic!("{role} grants {v} on {r}");
+        }
+    }
+    // The plain DaemonSet enables hooks, as its RBAC allows them.
+    let ds: DaemonSet = manifest("20-agent.yaml", "DaemonSet", "podvault-agent");
+    let env = ds.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let allow = env
+        .iter()
+        .find(|e| e.name == "PODVAULT_ALLOW_EXEC")
+        .unwrap();
+    assert_eq!(allow.value.as_deref(), Some("true"));
+    // The chart makes it one switch: the role exists only when hooks are enabled, and the
+    // agent's flag follows the same value.
+    let chart = deploy().join("helm/podvault");
+    let values = documents(&chart.join("values.yaml")).remove(0);
+    assert!(values["agent"]["hooks"]["enabled"].is_boolean());
+    let rbac = fs::read_to_string(chart.join("templates/rbac.yaml")).unwrap();
+    let start = rbac
+        .find("{{- if .Values.agent.hooks.enabled }}")
+        .expect("the exec role is conditional");
+    let end = start + rbac[start..].find("{{- end }}").unwrap();
+    let guarded = &rbac[start..end];
+    assert!(guarded.contains("name: podvault-agent-exec"));
+    assert!(guarded.contains("resources: [pods/exec]") && guarded.contains("verbs: [create]"));
+    assert_eq!(
+        rbac.matches("resources: [pods/exec]").count(),
+        1,
+        "pods/exec outside the guard"
+    );
+    let agent = fs::read_to_string(chart.join("templates/agent.yaml")).unwrap();
+    assert!(agent.contains("value: {{ .Values.agent.hooks.enabled | quote }}"));
+}
+
 /// The one source of the shipped alerts (a plain Prometheus rule file).
 const RULES_SOURCE: &str = "prometheus/podvault-rules.yaml";
 /// Generated from [`RULES_SOURCE`].

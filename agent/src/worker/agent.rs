@@ -70,6 +70,8 @@ pub struct Agent {
     pub pods: Store<Pod>,
     /// BackupRepository settings read recently.
     pub repos: RepoCache,
+    /// Whether backup hooks and backup commands may run (`--allow-exec`).
+    pub allow_exec: bool,
 }
 
 impl Agent {
@@ -102,6 +104,7 @@ impl Agent {
             mount_wait: Duration::from_secs(args.mount_wait_secs),
             pods,
             repos: RepoCache::default(),
+            allow_exec: args.allow_exec,
         }
     }
 

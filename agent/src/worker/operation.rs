@@ -32,6 +32,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::agent::{Agent, Running};
 use super::decide::{claimed, next_action, placement, NextAction, Observed, CONDITION_RESUMED};
 use super::execute::{execute_backup, execute_restore, BackupJob, RestoreJob};
+use super::hooks::{exec_plan, with_hooks, KubeExec, PodHooks};
 use super::outcome::{Failure, OpResult, Reason, Report};
 use super::prepare::{pod, prepare, Prepared};
 use super::status::{claim, set_finalizer, spawn_progress, write_final, Final};
@@ -421,35 +422,51 @@ pub async fn run_operation<K: Operation>(
         K::WRITES_REPOSITORY,
     )
     .await;
+    // Hooks wrap backups only; a pod whose hooks cannot run fails here, before any work.
+    let prepared = prepared.and_then(|p| {
+        let hooks = if K::WRITES_REPOSITORY {
+            exec_plan(&p.pod, &ctx.node.node, ctx.allow_exec)?
+        } else {
+            PodHooks::default()
+        };
+        Ok((p, hooks))
+    });
     let mut report = match prepared {
         Err(f) => Report::failed(&base, f, now()),
-        Ok(p) => {
-            let progress = Arc::new(Progress::default());
-            let ticker = spawn_progress(
-                api.clone(),
-                name.clone(),
-                progress.clone(),
-                ctx.progress_interval,
-            );
-            let task = {
-                let (ctx, obj, base, progress, cancel) = (
-                    ctx.clone(),
-                    obj.clone(),
-                    base.clone(),
+        Ok((p, hooks)) => {
+            let pod_ref = format!("{ns}/{}", obj.pod_name());
+            let runner = KubeExec(ctx.client.clone());
+            let backup = || async {
+                let progress = Arc::new(Progress::default());
+                let ticker = spawn_progress(
+                    api.clone(),
+                    name.clone(),
                     progress.clone(),
-                    run.cancel.clone(),
+                    ctx.progress_interval,
                 );
-                tokio::task::spawn_blocking(move || obj.execute(p, &ctx, &base, &progress, &cancel))
+                let task = {
+                    let (ctx, obj, base, progress, cancel) = (
+                        ctx.clone(),
+                        obj.clone(),
+                        base.clone(),
+                        progress.clone(),
+                        run.cancel.clone(),
+                    );
+                    tokio::task::spawn_blocking(move || {
+                        obj.execute(p, &ctx, &base, &progress, &cancel)
+                    })
+                };
+                let r = task.await;
+                ticker.abort();
+                r.unwrap_or_else(|e| {
+                    Report::failed(
+                        &base,
+                        Failure::new(Reason::Panic, format!("the {} task failed: {e}", K::KIND)),
+                        now(),
+                    )
+                })
             };
-            let r = task.await;
-            ticker.abort();
-            r.unwrap_or_else(|e| {
-                Report::failed(
-                    &base,
-                    Failure::new(Reason::Panic, format!("the {} task failed: {e}", K::KIND)),
-                    now(),
-                )
-            })
+            with_hooks(&hooks, &pod_ref, &runner, &run.cancel, &base, backup).await
         }
     };
     if run.deleted.load(Ordering::Relaxed) && report.result == OpResult::Canceled {

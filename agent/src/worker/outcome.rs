@@ -69,6 +69,17 @@ pub enum Reason {
     RestoreIncomplete,
     /// The engine refused an input.
     InvalidInput,
+    /// A backup hook failed (non-zero or unknown exit) with on-error Fail.
+    HookFailed,
+    /// A backup hook ran longer than its timeout with on-error Fail.
+    HookTimeout,
+    /// A backup command (logical dump) failed, timed out, or its output could not be saved.
+    DumpFailed,
+    /// The pod's hook or backup-command annotations are malformed.
+    InvalidHook,
+    /// The pod has hook or backup-command annotations and the agent runs without
+    /// `--allow-exec`.
+    ExecNotAllowed,
 }
 
 impl Reason {
@@ -103,6 +114,11 @@ impl Reason {
             Reason::Io => "io",
             Reason::RestoreIncomplete => "restore_incomplete",
             Reason::InvalidInput => "invalid_input",
+            Reason::HookFailed => "hook_failed",
+            Reason::HookTimeout => "hook_timeout",
+            Reason::DumpFailed => "dump_failed",
+            Reason::InvalidHook => "invalid_hook",
+            Reason::ExecNotAllowed => "exec_not_allowed",
         }
     }
 

@@ -26,6 +26,32 @@ pub const EXCLUDE: &str = "backup.podvault.dev/exclude";
 /// BackupRepository name; the controller's default when absent.
 pub const REPOSITORY: &str = "backup.podvault.dev/repository";
 
+/// Prefix of the pre-backup hook annotations (`<prefix>command`, `container`, `timeout`,
+/// `on-error`); see the agent's `worker::hooks` for their meaning.
+pub const PRE_HOOK_PREFIX: &str = "pre.hook.backup.podvault.dev/";
+/// Prefix of the post-backup hook annotations (same keys as [`PRE_HOOK_PREFIX`]).
+pub const POST_HOOK_PREFIX: &str = "post.hook.backup.podvault.dev/";
+/// Velero's pre-backup hook prefix, accepted as an alias of [`PRE_HOOK_PREFIX`].
+pub const VELERO_PRE_HOOK_PREFIX: &str = "pre.hook.backup.velero.io/";
+/// Velero's post-backup hook prefix, accepted as an alias of [`POST_HOOK_PREFIX`].
+pub const VELERO_POST_HOOK_PREFIX: &str = "post.hook.backup.velero.io/";
+/// Hook key: the command, a JSON array of strings (or one bare word).
+pub const HOOK_COMMAND: &str = "command";
+/// Hook key: the container to run it in (default: the pod's first container).
+pub const HOOK_CONTAINER: &str = "container";
+/// Hook key: how long it may run (`30s`, `2m`; default 30 s).
+pub const HOOK_TIMEOUT: &str = "timeout";
+/// Hook key: `Fail` (default) or `Continue`.
+pub const HOOK_ON_ERROR: &str = "on-error";
+/// A command whose standard output is a logical dump to back up: `"pg_dumpall -U postgres"`.
+pub const BACKUP_COMMAND: &str = "backup.podvault.dev/backup-command";
+/// The container [`BACKUP_COMMAND`] runs in (default: the pod's first container).
+pub const BACKUP_COMMAND_CONTAINER: &str = "backup.podvault.dev/backup-command-container";
+/// The file name the dump gets in its snapshot (default `<pod>.dump`).
+pub const BACKUP_COMMAND_FILENAME: &str = "backup.podvault.dev/backup-command-filename";
+/// How long [`BACKUP_COMMAND`] may run (default 1 h).
+pub const BACKUP_COMMAND_TIMEOUT: &str = "backup.podvault.dev/backup-command-timeout";
+
 /// Label on controller-created PVBs: hash of the series key (see [`super::Series::hash`]).
 pub const LABEL_SERIES: &str = "podvault.dev/series";
 /// Label on controller-created PVBs: the kind of series, `pod` or `pvc`.

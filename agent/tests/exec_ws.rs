@@ -1,0 +1,350 @@
+//! The `pods/exec` runner against a local stand-in for the exec endpoint: a WebSocket server
+//! on 127.0.0.1 speaking the Kubernetes channel protocol (`v4.channel.k8s.io`: each binary
+//! message starts with its channel byte — 1 stdout, 2 stderr, 3 the status JSON). There is no
+//! kubelet here; this is the thin seam, and everything above it is tested with pure functions.
+//! The stand-in picks its behaviour from the first word of the command.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use kube::Client;
+use podvault::worker::dump::dump_with;
+use podvault::worker::exec::{exec, run_streamed, ExecSpec, Exit, Stdout, STDERR_TAIL};
+use podvault::worker::hooks::DumpCommand;
+use podvault::worker::outcome::{Failure, Reason};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::Message;
+
+const SUCCESS: &str = r#"{"metadata":{},"status":"Success"}"#;
+const EXIT_3: &str = r#"{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit code: exit status 3","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}"#;
+/// Bytes the `big` command writes.
+const BIG: u64 = 48 << 20;
+/// Size of one stdout message of the `big` command.
+const PIECE: usize = 32 << 10;
+
+/// What the stand-in saw and did.
+#[derive(Default)]
+struct Seen {
+    /// Request paths (with query).
+    paths: Mutex<Vec<String>>,
+    /// Set when the client closed a connection of the `hang` command.
+    hang_closed: AtomicBool,
+    /// Stdout bytes the `big` command has handed to the socket so far.
+    big_sent: AtomicU64,
+}
+
+fn frame(channel: u8, data: &[u8]) -> Message {
+    let mut v = Vec::with_capacity(data.len() + 1);
+    v.push(channel);
+    v.extend_from_slice(data);
+    Message::binary(v)
+}
+
+/// The byte at offset `i` of the `big` output (not periodic in the piece size).
+fn big_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+async fn serve(listener: TcpListener, seen: Arc<Seen>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let path = Arc::new(Mutex::new(String::new()));
+            let p = path.clone();
+            // The handshake callback's signature is tungstenite's.
+            #[allow(clippy::result_large_err)]
+            let callback = move |req: &Request, mut resp: Response| {
+                *p.lock().unwrap() = req.uri().to_string();
+                resp.headers_mut().insert(
+                    "Sec-WebSocket-Protocol",
+                    "v4.channel.k8s.io".parse().unwrap(),
+                );
+                Ok(resp)
+            };
+            let mut ws = tokio_tungstenite::accept_hdr_async(tcp, callback)
+                .await
+                .unwrap();
+            let path = path.lock().unwrap().clone();
+            seen.paths.lock().unwrap().push(path.clone());
+            let command = path
+                .split(['?', '&'])
+                .find_map(|kv| kv.strip_prefix("command="))
+                .unwrap_or_default()
+                .to_string();
+            match command.as_str() {
+                "echo" => {
+                    ws.send(frame(1, b"hello from the pod\n")).await.unwrap();
+                    ws.send(frame(3, SUCCESS.as_bytes())).await.unwrap();
+                }
+                "fail" => {
+                    for i in 0..200 {
+                        let line = format!("noise line {i:04} of a chatty failing command\n");
+                        ws.send(frame(2, line.as_bytes())).await.unwrap();
+                    }
+                    ws.send(frame(2, b"FATAL: could not freeze /data\n"))
+                        .await
+                        .unwrap();
+                    ws.send(frame(3, EXIT_3.as_bytes())).await.unwrap();
+                }
+                "nostatus" => {
+                    ws.send(frame(1, b"half a dump")).await.unwrap();
+                }
+                "hang" => {
+                    ws.send(frame(2, b"freezing...\n")).await.unwrap();
+                    // Never exits; wait for the client to go away.
+                    while let Some(Ok(_)) = ws.next().await {}
+                    seen.hang_closed.store(true, Ordering::SeqCst);
+                    return;
+                }
+                "big" => {
+                    let mut off = 0u64;
+                    while off < BIG {
+                        let piece: Vec<u8> = (off..off + PIECE as u64).map(big_byte).collect();
+                        if ws.send(frame(1, &piece)).await.is_err() {
+                            return;
+                        }
+                        off += PIECE as u64;
+                        seen.big_sent.store(off, Ordering::SeqCst);
+                    }
+                    ws.send(frame(3, SUCCESS.as_bytes())).await.unwrap();
+                }
+                other => panic!("the stand-in has no command {other:?}"),
+            }
+            let _ = ws.close(None).await;
+        });
+    }
+}
+
+async fn stand_in() -> (Client, Arc<Seen>) {
+    podvault::tls::install_provider();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Seen::default());
+    tokio::spawn(serve(listener, seen.clone()));
+    let config = kube::Config::new(url.parse().unwrap());
+    (Client::try_from(config).unwrap(), seen)
+}
+
+fn spec(word: &str, timeout: Duration) -> ExecSpec {
+    ExecSpec {
+        namespace: "shop".into(),
+        pod: "pg-0".into(),
+        container: "db".into(),
+        command: vec![word.into()],
+        timeout,
+    }
+}
+
+#[tokio::test]
+async fn success_returns_exit_zero_and_stdout() {
+    let (client, seen) = stand_in().await;
+    let out = exec(
+        &client,
+        &spec("echo", Duration::from_secs(30)),
+        Stdout::Tail,
+    )
+    .await;
+    assert_eq!(out.exit, Exit::Code(0));
+    assert_eq!(out.stdout_tail, b"hello from the pod\n");
+    assert_eq!(out.stdout_bytes, 19);
+    let paths = seen.paths.lock().unwrap();
+    let path = &paths[0];
+    assert!(
+        path.starts_with("/api/v1/namespaces/shop/pods/pg-0/exec?"),
+        "{path}"
+    );
+    for q in ["container=db", "command=echo", "stdout=true", "stderr=true"] {
+        assert!(path.contains(q), "{path}");
+    }
+    assert!(!path.contains("stdin=true"), "{path}");
+}
+
+#[tokio::test]
+async fn non_zero_exit_keeps_the_stderr_tail() {
+    let (client, _) = stand_in().await;
+    let out = exec(
+        &client,
+        &spec("fail", Duration::from_secs(30)),
+        Stdout::Tail,
+    )
+    .await;
+    assert_eq!(out.exit, Exit::Code(3));
+    assert_eq!(out.stderr_tail.len(), STDERR_TAIL);
+    let text = out.stderr_text();
+    assert!(text.ends_with("FATAL: could not freeze /data"), "{text}");
+    assert!(!text.contains("noise line 0000"), "the head is dropped");
+}
+
+#[tokio::test]
+async fn a_connection_without_status_is_an_unknown_exit() {
+    let (client, _) = stand_in().await;
+    let out = exec(
+        &client,
+        &spec("nostatus", Duration::from_secs(30)),
+        Stdout::Tail,
+    )
+    .await;
+    assert!(
+        matches!(&out.exit, Exit::Unknown(m) if m.contains("without an exit status")),
+        "{:?}",
+        out.exit
+    );
+    assert!(!out.exit.success());
+}
+
+#[tokio::test]
+async fn a_hung_command_times_out_and_its_connection_is_closed() {
+    let (client, seen) = stand_in().await;
+    let timeout = Duration::from_millis(300);
+    let out = exec(&client, &spec("hang", timeout), Stdout::Tail).await;
+    assert_eq!(out.exit, Exit::TimedOut(timeout));
+    assert_eq!(out.stderr_text(), "freezing...");
+    // The stand-in sees the connection go away.
+    for _ in 0..200 {
+        if seen.hang_closed.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the exec connection of the timed-out command was not closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_stdout_streams_with_bounded_memory() {
+    let (client, seen) = stand_in().await;
+    let (paused_tx, paused_rx) = std::sync::mpsc::channel::<()>();
+    let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
+    let consume = move |mut r: podvault::worker::exec::StreamReader| {
+        let mut buf = vec![0u8; 100_000];
+        let n = r.read(&mut buf).unwrap();
+        assert!(n > 0);
+        // Stop reading: the producer must stall with little in flight.
+        paused_tx.send(()).unwrap();
+        resume_rx.recv().unwrap();
+        let mut total = n as u64;
+        let mut bad = None;
+        for (i, b) in buf[..n].iter().enumerate() {
+            if *b != big_byte(i as u64) && bad.is_none() {
+                bad = Some(i as u64);
+            }
+        }
+        loop {
+            let n = r.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            for (i, b) in buf[..n].iter().enumerate() {
+                let at = total + i as u64;
+                if *b != big_byte(at) && bad.is_none() {
+                    bad = Some(at);
+                }
+            }
+            total += n as u64;
+        }
+        (total, bad)
+    };
+    let run = tokio::spawn(run_streamed(
+        client,
+        spec("big", Duration::from_secs(600)),
+        consume,
+    ));
+    tokio::task::spawn_blocking(move || paused_rx.recv().unwrap())
+        .await
+        .unwrap();
+    // Wait until the stand-in cannot hand more to the socket.
+    let mut last = u64::MAX;
+    let mut still = 0;
+    while still < 8 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = seen.big_sent.load(Ordering::SeqCst);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+    // In flight while paused: socket buffers + WebSocket buffers + the kube pipe + the
+    // stream channel. Far less than the output: nothing holds it all.
+    assert!(
+        last < BIG / 2,
+        "{last} of {BIG} bytes were sent while the reader was paused"
+    );
+    eprintln!("in flight while paused: {last} bytes");
+    resume_tx.send(()).unwrap();
+    let (consumed, out) = run.await.unwrap();
+    let (total, bad) = consumed.unwrap();
+    assert_eq!(out.exit, Exit::Code(0));
+    assert_eq!(total, BIG);
+    assert_eq!(bad, None, "first wrong byte");
+    assert_eq!(out.stdout_bytes, BIG);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_command_makes_the_stream_reader_fail() {
+    let (client, _) = stand_in().await;
+    let (consumed, out) = run_streamed(
+        client,
+        spec("nostatus", Duration::from_secs(30)),
+        |mut r| {
+            let mut all = Vec::new();
+            let res = r.read_to_end(&mut all);
+            (all, res.map_err(|e| e.to_string()))
+        },
+    )
+    .await;
+    let (all, res) = consumed.unwrap();
+    assert_eq!(all, b"half a dump");
+    let err = res.unwrap_err();
+    assert!(err.contains("exit status unknown"), "{err}");
+    assert!(!out.exit.success());
+}
+
+fn dump(word: &str) -> DumpCommand {
+    DumpCommand {
+        container: "db".into(),
+        command: vec![word.into()],
+        filename: "pg-0.dump".into(),
+        timeout: Duration::from_secs(600),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_is_saved_only_when_the_command_succeeds() {
+    let (client, _) = stand_in().await;
+    // The `save` stands in for archiver::backup_stream: it "writes a snapshot" only after
+    // reading to a clean EOF.
+    let save = |mut r: podvault::worker::exec::StreamReader| {
+        let mut n = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) => return Ok(format!("snapshot of {n} bytes")),
+                Ok(k) => n += k as u64,
+                Err(e) => return Err(Failure::new(Reason::Io, format!("reading the dump: {e}"))),
+            }
+        }
+    };
+    let ok = dump_with(client.clone(), "shop", "pg-0", &dump("big"), save).await;
+    assert_eq!(ok.unwrap(), format!("snapshot of {BIG} bytes"));
+    let f = dump_with(client.clone(), "shop", "pg-0", &dump("fail"), save)
+        .await
+        .unwrap_err();
+    assert_eq!(f.reason, Reason::DumpFailed);
+    for part in [
+        "[\"fail\"]",
+        "exit code 3",
+        "FATAL: could not freeze",
+        "no snapshot",
+    ] {
+        assert!(f.message.contains(part), "{}", f.message);
+    }
+    let f = dump_with(client, "shop", "pg-0", &dump("nostatus"), save)
+        .await
+        .unwrap_err();
+    assert_eq!(f.reason, Reason::DumpFailed);
+    assert!(f.message.contains("exit status unknown"), "{}", f.message);
+}
