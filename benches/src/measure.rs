@@ -21,6 +21,89 @@ pub struct Usage {
     pub exit_code: i32,
 }
 
+/// First argument of the harness re-executed as [`run_isolated`]'s measuring parent.
+pub const MEASURE_CHILD_ARG: &str = "--measure-child";
+
+/// Runs `cmd` under a fresh copy of the current executable, which measures it with
+/// [`run`] and reports the figures back through a file.
+///
+/// Why: Linux counts a process's peak RSS from before its `exec`, i.e. the peak of the
+/// process it was forked from. A harness that has held megabytes (the S3 proxy buffers whole
+/// request bodies) would otherwise lend its own peak to every child measured after it. The
+/// fresh parent is small, so the figure is the tool's own.
+pub fn run_isolated(
+    cmd: &Command,
+    stdout: std::fs::File,
+    stderr: std::fs::File,
+) -> io::Result<Usage> {
+    let report = tempfile::NamedTempFile::new()?;
+    let mut w = Command::new(std::env::current_exe()?);
+    w.arg(MEASURE_CHILD_ARG)
+        .arg(report.path())
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => w.env(k, v),
+            None => w.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        w.current_dir(dir);
+    }
+    let status = w.status()?;
+    let text = std::fs::read_to_string(report.path())?;
+    let f: Vec<i64> = text
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    match (status.success(), f.as_slice()) {
+        (true, [wall, cpu, rss, code]) => Ok(Usage {
+            wall: Duration::from_nanos(*wall as u64),
+            cpu: Duration::from_nanos(*cpu as u64),
+            max_rss: *rss as u64,
+            exit_code: *code as i32,
+        }),
+        _ => Err(io::Error::other(format!(
+            "the measuring parent failed ({status}): {text:?}"
+        ))),
+    }
+}
+
+/// When the process was started by [`run_isolated`]: runs and measures the command given
+/// after the report path, writes the figures there, and returns the exit code to use.
+pub fn child_main() -> Option<i32> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).map(|a| a.as_os_str()) != Some(MEASURE_CHILD_ARG.as_ref()) || args.len() < 4 {
+        return None;
+    }
+    let mut cmd = Command::new(&args[3]);
+    cmd.args(&args[4..]);
+    let code = match run(&mut cmd) {
+        Ok(u) => {
+            let line = format!(
+                "{} {} {} {}\n",
+                u.wall.as_nanos(),
+                u.cpu.as_nanos(),
+                u.max_rss,
+                u.exit_code
+            );
+            match std::fs::write(&args[2], line) {
+                Ok(()) => 0,
+                Err(_) => 1,
+            }
+        }
+        Err(e) => {
+            eprintln!("measuring {:?}: {e}", args[3]);
+            1
+        }
+    };
+    Some(code)
+}
+
 /// Spawns `cmd`, waits for it with `wait4` and returns its resource use.
 pub fn run(cmd: &mut Command) -> io::Result<Usage> {
     let start = Instant::now();

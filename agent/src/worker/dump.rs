@@ -9,8 +9,10 @@
 //! failed, timed-out or cut-off dump; and a failed command fails the dump even if `save`
 //! returned early.
 //!
-//! Not done yet: the controller does not schedule dumps (no PodVolumeBackup kind or field
-//! asks for one), and [`save_stream`] waits for the engine's `archiver::backup_stream`.
+//! [`save_stream`] is the `save` that stores the stream with the engine's
+//! [`crate::archiver::backup_stream`]. Not done yet: the controller does not schedule dumps
+//! (no PodVolumeBackup kind or field asks for one), so nothing calls [`dump_with`] with it in
+//! a running agent.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
@@ -62,28 +64,33 @@ pub async fn dump_with(
 }
 
 /// Saves a dump's stdout as the one file `filename` of a new snapshot tagged `tags` in the
-/// repository `repo`.
-///
-/// INTEGRATION POINT: the engine's `crate::archiver::backup_stream` (reads an `impl Read`
-/// into a one-file snapshot; a read error means no snapshot) is being added on another
-/// branch. Once merged, open the repository with `super::repo::open_or_init(repo)` and call
-/// `backup_stream` with `reader`, `filename` and `tags` here; until then a dump fails with a
-/// message saying so, and reads nothing.
+/// repository `repo` (the engine's stream backup: chunked, deduplicated, compressed,
+/// encrypted; a read error — the command failed, timed out or its exit is unknown — writes no
+/// snapshot). Returns the snapshot id.
 pub fn save_stream(
     reader: StreamReader,
     repo: &RepoSettings,
     filename: &str,
     tags: &[String],
+    host: &str,
+    progress: &crate::progress::Progress,
+    cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<String, Failure> {
-    drop(reader);
-    Err(Failure::new(
-        Reason::DumpFailed,
-        format!(
-            "saving dump {filename:?} (tags {tags:?}) into BackupRepository {}: this build has \
-             no streaming backup (archiver::backup_stream)",
-            repo.name
-        ),
-    ))
+    let what = format!("BackupRepository {}", repo.name);
+    let opened = super::repo::open_or_init(repo).map_err(|e| Failure::engine(&what, &e))?;
+    let opts = crate::archiver::BackupOptions {
+        stdin: true,
+        stdin_filename: Some(filename.to_owned()),
+        tags: tags.to_vec(),
+        host: Some(host.to_owned()),
+        ..Default::default()
+    };
+    let out = crate::archiver::backup_stream(&opened, filename, reader, &opts, progress, cancel)
+        .map_err(|e| match e {
+            crate::Error::Stream { .. } => Failure::new(Reason::DumpFailed, e.to_string()),
+            e => Failure::engine(&format!("dump {filename:?} into {what}"), &e),
+        })?;
+    Ok(out.id.to_hex())
 }
 
 /// The dump command of `pod`, if it has one (malformed annotations are an error naming them).

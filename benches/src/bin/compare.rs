@@ -263,6 +263,9 @@ impl Tool {
 }
 
 fn main() -> Result<()> {
+    if let Some(code) = measure::child_main() {
+        std::process::exit(code);
+    }
     let args = Args::parse();
     let datasets: Vec<Dataset> = if args.dataset == "all" {
         Dataset::ALL.to_vec()
@@ -581,8 +584,8 @@ fn report(
 fn step(tool: &Tool, work: &Path, name: &str, cmd: &mut Command) -> Result<Usage> {
     let log = work.join(format!("{name}.log"));
     let out = fs::File::create(&log)?;
-    cmd.stdout(out.try_clone()?).stderr(out);
-    let u = measure::run(cmd).with_context(|| format!("starting {}", tool.bin.display()))?;
+    let u = measure::run_isolated(cmd, out.try_clone()?, out)
+        .with_context(|| format!("starting {}", tool.bin.display()))?;
     let _ = Command::new("sync").status();
     if u.exit_code != 0 {
         let text = fs::read_to_string(&log).unwrap_or_default();
