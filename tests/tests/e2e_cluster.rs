@@ -623,7 +623,8 @@ impl Harness {
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{port}"))
             .args(["--progress-interval-secs", "1"])
-            .args(["--default-repository", &self.repo_name]);
+            .args(["--default-repository", &self.repo_name])
+            .arg("--allow-exec");
         let incarnation = self.procs.iter().filter(|p| p.name == name).count();
         let log = self.path(&format!("{name}.{incarnation}.log"));
         self.procs.push(Proc::spawn(name, cmd, log));
@@ -1328,6 +1329,69 @@ fn podvault_against_a_real_api_server() {
         "the message must name the pod: {message:?}"
     );
     h.result(&format!("Failed, reason {reason}, message {message:?}"));
+
+    // ----- 12 -----
+    // pods/exec through the real API server, as the agent's ServiceAccount. There is no
+    // kubelet behind this API server, so the exec itself cannot reach a container: what is
+    // proved is that RBAC lets the agent ask (no Forbidden), that a failed pre hook with
+    // on-error Fail fails the backup naming the hook and writes no snapshot, and that with
+    // Continue the backup runs and the hook failures are reported.
+    h.step(
+        "12",
+        "pre/post hooks through pods/exec (no kubelet behind this API server)",
+    );
+    let before = h.snapshots();
+    h.create_pod(
+        "hooked",
+        &node_a,
+        &["data"],
+        json!({
+            "pre.hook.backup.podvault.dev/command": r#"["/bin/sh","-c","sync"]"#,
+            "pre.hook.backup.podvault.dev/timeout": "20s",
+            "post.hook.backup.podvault.dev/command": r#"["/bin/true"]"#,
+        }),
+    );
+    h.pod_running("hooked");
+    h.create(&h.pvb("hook-fail", "hooked", "data"));
+    let v = h.wait_phase("pvb", "hook-fail", "Failed", Duration::from_secs(90));
+    let (reason, message) = (s(&v, "/status/reason"), s(&v, "/status/message"));
+    assert!(
+        reason == "hook_failed" || reason == "hook_timeout",
+        "status.reason of hook-fail: {reason} ({message})"
+    );
+    assert!(
+        message.contains("pre") && !message.contains("Forbidden") && !message.contains("forbidden"),
+        "the message names the pre hook and is not an RBAC refusal: {message:?}"
+    );
+    assert_eq!(
+        h.snapshots(),
+        before,
+        "a failed pre hook writes no snapshot"
+    );
+    h.result(&format!(
+        "Failed, reason {reason}, message {message:?}; snapshots {before} -> {before}"
+    ));
+    h.create_pod(
+        "hooked-continue",
+        &node_a,
+        &["data"],
+        json!({
+            "pre.hook.backup.podvault.dev/command": r#"["/bin/sh","-c","sync"]"#,
+            "pre.hook.backup.podvault.dev/on-error": "Continue",
+            "pre.hook.backup.podvault.dev/timeout": "20s",
+            "post.hook.backup.podvault.dev/command": r#"["/bin/true"]"#,
+            "post.hook.backup.podvault.dev/on-error": "Continue",
+        }),
+    );
+    h.pod_running("hooked-continue");
+    h.create(&h.pvb("hook-continue", "hooked-continue", "data"));
+    let v = h.wait_phase("pvb", "hook-continue", "Completed", Duration::from_secs(90));
+    let message = s(&v, "/status/message");
+    assert_eq!(h.snapshots(), before + 1, "on-error Continue backs up");
+    h.result(&format!(
+        "on-error Continue: Completed, snapshot {}, message {message:?}",
+        s(&v, "/status/snapshot")
+    ));
 
     h.assert_no_panics();
     let alive: Vec<String> = h
