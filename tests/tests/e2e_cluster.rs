@@ -1341,7 +1341,7 @@ fn podvault_against_a_real_api_server() {
         "pre/post hooks through pods/exec (no kubelet behind this API server)",
     );
     let before = h.snapshots();
-    h.create_pod(
+    let hooked_uid = h.create_pod(
         "hooked",
         &node_a,
         &["data"],
@@ -1351,6 +1351,9 @@ fn podvault_against_a_real_api_server() {
             "post.hook.backup.podvault.dev/command": r#"["/bin/true"]"#,
         }),
     );
+    let dir = empty_dir(&root_a, &hooked_uid, "data");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("db"), b"rows").unwrap();
     h.pod_running("hooked");
     h.create(&h.pvb("hook-fail", "hooked", "data"));
     let v = h.wait_phase("pvb", "hook-fail", "Failed", Duration::from_secs(90));
@@ -1371,7 +1374,7 @@ fn podvault_against_a_real_api_server() {
     h.result(&format!(
         "Failed, reason {reason}, message {message:?}; snapshots {before} -> {before}"
     ));
-    h.create_pod(
+    let continue_uid = h.create_pod(
         "hooked-continue",
         &node_a,
         &["data"],
@@ -1383,6 +1386,9 @@ fn podvault_against_a_real_api_server() {
             "post.hook.backup.podvault.dev/on-error": "Continue",
         }),
     );
+    let dir = empty_dir(&root_a, &continue_uid, "data");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("db"), b"rows").unwrap();
     h.pod_running("hooked-continue");
     h.create(&h.pvb("hook-continue", "hooked-continue", "data"));
     let v = h.wait_phase("pvb", "hook-continue", "Completed", Duration::from_secs(90));

@@ -242,7 +242,16 @@ pub async fn exec(client: &Client, spec: &ExecSpec, stdout: Stdout) -> ExecOutpu
         let mut proc = api
             .exec(&spec.pod, spec.command.clone(), &params)
             .await
-            .map_err(|e| format!("pods/exec failed: {e}"))?;
+            .map_err(|e| match e {
+                // The API server's own words, without the debug dump of its Status.
+                kube::Error::Api(s) => {
+                    format!(
+                        "pods/exec refused by the API server ({}): {}",
+                        s.code, s.message
+                    )
+                }
+                e => format!("pods/exec failed: {e}"),
+            })?;
         let status = proc.take_status();
         let (Some(o), Some(e), Some(status)) = (proc.stdout(), proc.stderr(), status) else {
             return Err("the exec connection has no stdout, stderr or status".to_string());
