@@ -13,7 +13,8 @@
 //! so several processes can share a cache; an entry another process removed is a miss.
 //! Deleting the whole directory is always safe. The cache is bounded: when it grows past its
 //! limit the least recently used entries (by modification time, refreshed on use) are
-//! removed until it is back under 80 % of the limit. Snapshot and index entries whose
+//! removed until it is back under 80 % of the limit. Objects this process writes (snapshots,
+//! index objects, tree packs) are written through, so the next run finds them. Snapshot and index entries whose
 //! objects are no longer in the repository are dropped when their kind is listed.
 
 use std::collections::HashSet;
@@ -55,7 +56,7 @@ impl Kind {
 pub struct CacheStats {
     /// Entries read from the cache.
     pub hits: AtomicU64,
-    /// Entries fetched from the repository and stored.
+    /// Entries stored (fetched from the repository, or written through).
     pub misses: AtomicU64,
     /// Entries found damaged (deleted and fetched again).
     pub damaged: AtomicU64,
@@ -151,7 +152,7 @@ impl Cache {
         let _ = fs::remove_file(path);
     }
 
-    /// Stores an entry fetched from the repository. Failing to store is not an error for
+    /// Stores an entry fetched from (or just written to) the repository. Failing to store is not an error for
     /// the caller (the cache is an optimization), only logged.
     pub fn put(&self, kind: Kind, name: &str, bytes: &[u8]) {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
@@ -175,6 +176,17 @@ impl Cache {
             }
             Err(e) => {
                 tracing::warn!(entry = %target.display(), error = %e, "could not store a cache entry")
+            }
+        }
+    }
+
+    /// Stores a copy of the file `src` as an entry (write-through of an object this process
+    /// has just written, so the next reader finds it). Failing is only logged.
+    pub fn put_file(&self, kind: Kind, name: &str, src: &Path) {
+        match fs::read(src) {
+            Ok(bytes) => self.put(kind, name, &bytes),
+            Err(e) => {
+                tracing::warn!(file = %src.display(), error = %e, "could not cache a written object")
             }
         }
     }

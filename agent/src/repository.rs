@@ -342,7 +342,13 @@ impl Repository {
     pub fn save<R: ObjectRecord>(&self, record: &R) -> Result<R::Id> {
         let sealed = self.key.seal(R::KIND.aad(), &record.encode());
         let id = R::Id::from_bytes(*blake3::hash(&sealed).as_bytes());
-        self.backend.write(&object_path::<R>(&id), sealed)?;
+        let path = object_path::<R>(&id);
+        let through = self.cache.as_ref().zip(cache_kind(R::KIND));
+        let copy = through.map(|_| sealed.clone());
+        self.backend.write(&path, sealed)?;
+        if let (Some((cache, kind)), Some(copy)) = (through, copy) {
+            cache.put(kind, path.rsplit('/').next().unwrap_or_default(), &copy);
+        }
         Ok(id)
     }
 

@@ -17,7 +17,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use podvault_tests::proxy::{FaultConfig, FaultProxy};
+use podvault_tests::proxy::{FaultConfig, FaultProxy, RequestKind};
 use podvault_tests::{assert_same_tree, fill, generate_tree, Repo};
 use rand::SeedableRng;
 
@@ -107,7 +107,15 @@ fn measure(dirs: usize) -> Option<Figures> {
     // A new machine: the cache is empty.
     fs::remove_dir_all(tmp.path().join("cache")).unwrap();
     let cold = requests(&proxy, &repo, &["backup", "-q", src_s]);
+    let gets = proxy.traffic().requests(RequestKind::Get);
     let warm = requests(&proxy, &repo, &["backup", "-q", src_s]);
+    // Warm, and the previous backup's objects written through: the config and the key file
+    // are the only objects read.
+    let warm_gets = proxy.traffic().requests(RequestKind::Get) - gets;
+    assert_eq!(
+        warm_gets, 2,
+        "GETs of a warm no-change backup ({dirs} directories)"
+    );
     let target = tmp.path().join("restored");
     let restore = requests(
         &proxy,

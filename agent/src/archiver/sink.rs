@@ -106,6 +106,17 @@ impl PackSink {
     ) -> Result<()> {
         let Some(pack) = pack else { return Ok(()) };
         let permit = permit.map_err(|e| Error::InvalidInput(format!("pack upload: {e}")))?;
+        // Tree packs go into the local cache as they are written: the next backup reads
+        // its parent's trees from there.
+        if pack.header.blob_type == BlobType::Tree {
+            if let Some(cache) = self.repo.cache() {
+                cache.put_file(
+                    crate::cache::Kind::TreePack,
+                    &crate::cache::Cache::pack_name(&pack.id),
+                    pack.file.path(),
+                );
+            }
+        }
         let backend = self.repo.backend().clone();
         let durable = self.durable.clone();
         let failure = self.failure.clone();
