@@ -69,6 +69,12 @@ pub struct BackupOptions {
     /// reading fails, no snapshot is written.
     #[arg(long)]
     pub stdin: bool,
+    /// Run the command given in place of paths and back up its standard output as one
+    /// file, like `--stdin`; the backup fails and writes no snapshot unless the command
+    /// exits 0 (`podvault backup --stdin-from-command --stdin-filename db.sql -- pg_dumpall`).
+    /// Unlike a shell pipe into `--stdin`, a dump that dies part-way is never stored.
+    #[arg(long, conflicts_with = "stdin")]
+    pub stdin_from_command: bool,
     /// Name of the file `--stdin` stores (one path component; default `stdin`).
     #[arg(long, value_name = "NAME")]
     pub stdin_filename: Option<String>,
@@ -77,13 +83,13 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Skip paths matching a glob; repeatable. Globs without `/` match any name, globs with
     /// `/` match the path relative to the backed-up directory (`cache/**`).
-    #[arg(long = "exclude", value_name = "GLOB", conflicts_with = "stdin")]
+    #[arg(long = "exclude", value_name = "GLOB", conflicts_with_all = ["stdin", "stdin_from_command"])]
     pub excludes: Vec<String>,
     /// Parent snapshot for change detection (default: latest with the same host and paths).
     #[arg(long)]
     pub parent: Option<String>,
     /// Read every file even if unchanged since the parent.
-    #[arg(long, conflicts_with = "stdin")]
+    #[arg(long, conflicts_with_all = ["stdin", "stdin_from_command"])]
     pub force: bool,
     /// Host name to record (default: this machine's).
     #[arg(long)]

@@ -322,3 +322,71 @@ fn a_reader_error_fails_the_backup_and_writes_no_snapshot() {
     assert_eq!(next.snapshot.summary.blobs_added, 1, "only the root tree");
     assert_eq!(repo.snapshots().unwrap().len(), 2);
 }
+
+/// `--stdin-from-command` stores the command's output only when it exits 0: a dump that
+/// dies part-way (what a shell pipe into `--stdin` would store as a complete file) writes
+/// no snapshot and fails naming the command and its exit status.
+#[test]
+fn a_command_that_fails_writes_no_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::fs(&tmp.path().join("repo"));
+    repo.init();
+    let data = tmp.path().join("data.bin");
+    fs::write(&data, stream_data(5, 3 << 20)).unwrap();
+    let cat = format!("cat '{}'", data.display());
+    repo.ok(&[
+        "backup",
+        "-q",
+        "--stdin-from-command",
+        "--stdin-filename",
+        "db.sql",
+        "--",
+        "sh",
+        "-c",
+        &cat,
+    ]);
+    let dumped = repo.cmd(&["dump", "latest", "db.sql"]).output().unwrap();
+    assert!(dumped.status.success());
+    assert_eq!(dumped.stdout, fs::read(&data).unwrap(), "byte-identical");
+    let snapshots = || {
+        fs::read_dir(tmp.path().join("repo/snapshots"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(snapshots(), 1);
+    let cut = format!("head -c 1000000 '{}'; exit 3", data.display());
+    let (code, err) = fails(
+        &repo,
+        &[
+            "backup",
+            "-q",
+            "--stdin-from-command",
+            "--stdin-filename",
+            "db.sql",
+            "--",
+            "sh",
+            "-c",
+            &cut,
+        ],
+        b"",
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("no snapshot was written") && err.contains("exit status: 3"),
+        "{err}"
+    );
+    assert_eq!(snapshots(), 1, "a failed command writes no snapshot");
+    let (code, err) = fails(
+        &repo,
+        &[
+            "backup",
+            "--stdin-from-command",
+            "--",
+            "/nonexistent/dump-tool",
+        ],
+        b"",
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/dump-tool"), "{err}");
+    assert_eq!(snapshots(), 1);
+}

@@ -12,11 +12,16 @@ use crate::progress::Progress;
 /// Runs `backup`.
 pub fn run(cli: &Cli, opts: &BackupOptions) -> Result<u8> {
     let name = opts.stdin_filename.as_deref().unwrap_or("stdin");
-    if opts.stdin_filename.is_some() && !opts.stdin {
+    if opts.stdin_filename.is_some() && !opts.stdin && !opts.stdin_from_command {
         // clap's `requires` counts the flag's default `false` as present.
         return Err(Error::InvalidInput(
-            "--stdin-filename names the file --stdin stores; it needs --stdin".into(),
+            "--stdin-filename names the file --stdin stores; it needs --stdin or \
+             --stdin-from-command"
+                .into(),
         ));
+    }
+    if opts.stdin_from_command {
+        archiver::check_stream_name(name)?;
     }
     if opts.stdin {
         // Refused before the repository is opened: nothing to read yet.
@@ -33,7 +38,14 @@ pub fn run(cli: &Cli, opts: &BackupOptions) -> Result<u8> {
     let progress = Progress::default();
     let cancel = cancel_on_ctrl_c();
     let start = Instant::now();
-    let out = if opts.stdin {
+    let out = if opts.stdin_from_command {
+        let output = CommandOutput::start(&opts.paths)?;
+        let mut stream_opts = opts.clone();
+        stream_opts.paths.clear();
+        with_progress(cli.show_progress(), "backup", &progress, || {
+            archiver::backup_stream(&repo, name, output, &stream_opts, &progress, cancel)
+        })?
+    } else if opts.stdin {
         let stdin = std::io::stdin();
         with_progress(cli.show_progress(), "backup", &progress, || {
             archiver::backup_stream(&repo, name, stdin.lock(), opts, &progress, cancel)
@@ -49,8 +61,8 @@ pub fn run(cli: &Cli, opts: &BackupOptions) -> Result<u8> {
     } else {
         EXIT_PARTIAL
     };
-    if opts.stdin && s.total_bytes == 0 {
-        eprintln!("warning: standard input was empty; the snapshot holds an empty file");
+    if (opts.stdin || opts.stdin_from_command) && s.total_bytes == 0 {
+        eprintln!("warning: the stream was empty; the snapshot holds an empty file");
     }
     if cli.json {
         let v = serde_json::json!({
@@ -93,4 +105,62 @@ pub fn run(cli: &Cli, opts: &BackupOptions) -> Result<u8> {
         );
     }
     Ok(code)
+}
+
+/// The standard output of a command run by `--stdin-from-command`, read as a stream that
+/// ends cleanly only if the command exits 0: otherwise the read at the end fails, so the
+/// engine writes no snapshot.
+struct CommandOutput {
+    what: String,
+    child: std::process::Child,
+    stdout: std::process::ChildStdout,
+}
+
+impl CommandOutput {
+    fn start(command: &[std::path::PathBuf]) -> Result<Self> {
+        let (program, args) = command.split_first().ok_or_else(|| {
+            Error::InvalidInput(
+                "--stdin-from-command needs a command after `--` (e.g. `-- pg_dumpall`)".into(),
+            )
+        })?;
+        let what = command
+            .iter()
+            .map(|a| a.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::InvalidInput(format!("cannot run `{what}`: {e}")))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::InvalidInput(format!("`{what}`: no standard output to read")))?;
+        Ok(CommandOutput {
+            what,
+            child,
+            stdout,
+        })
+    }
+}
+
+impl std::io::Read for CommandOutput {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.stdout.read(buf)?;
+        if n > 0 || buf.is_empty() {
+            return Ok(n);
+        }
+        // End of output: the stream is complete only if the command succeeded.
+        let status = self.child.wait()?;
+        if status.success() {
+            Ok(0)
+        } else {
+            Err(std::io::Error::other(format!(
+                "`{}` failed ({status}); its output may be cut short",
+                self.what
+            )))
+        }
+    }
 }

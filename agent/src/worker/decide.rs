@@ -305,6 +305,7 @@ pub fn backup_options(
     BackupOptions {
         paths: vec![path.to_path_buf()],
         stdin: false,
+        stdin_from_command: false,
         stdin_filename: None,
         tags,
         excludes,
