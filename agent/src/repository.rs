@@ -347,7 +347,7 @@ impl Repository {
         let copy = through.map(|_| sealed.clone());
         self.backend.write(&path, sealed)?;
         if let (Some((cache, kind)), Some(copy)) = (through, copy) {
-            cache.put(kind, path.rsplit('/').next().unwrap_or_default(), &copy);
+            cache.put(kind, object_name(&path), &copy);
         }
         Ok(id)
     }
@@ -358,7 +358,7 @@ impl Repository {
         let path = object_path::<R>(id);
         let cached = self.cache.as_ref().zip(cache_kind(R::KIND));
         if let Some((cache, kind)) = cached {
-            let name = path.rsplit('/').next().unwrap_or_default();
+            let name = object_name(&path);
             if let Some(sealed) = cache.get(kind, name) {
                 match self.unseal::<R>(&path, &sealed) {
                     Ok(r) => {
@@ -372,7 +372,7 @@ impl Repository {
         let sealed = self.backend.read(&path)?;
         let record = self.unseal::<R>(&path, &sealed)?;
         if let Some((cache, kind)) = cached {
-            cache.put(kind, path.rsplit('/').next().unwrap_or_default(), &sealed);
+            cache.put(kind, object_name(&path), &sealed);
         }
         Ok(record)
     }
@@ -395,7 +395,7 @@ impl Repository {
         let mut ids = Vec::new();
         let mut names = std::collections::HashSet::new();
         for path in self.backend.list(R::KIND.name())? {
-            let name = path.rsplit('/').next().unwrap_or_default();
+            let name = object_name(&path);
             match parse_id(name) {
                 Some(b) => {
                     ids.push(R::Id::from_bytes(b));
@@ -414,7 +414,7 @@ impl Repository {
     pub fn list_packs(&self) -> Result<Vec<PackId>> {
         let mut ids = Vec::new();
         for path in self.backend.list("data")? {
-            let name = path.rsplit('/').next().unwrap_or_default();
+            let name = object_name(&path);
             match parse_id(name) {
                 Some(b) => ids.push(PackId(b)),
                 None => tracing::warn!(object = %path, "ignoring object with a malformed name"),
@@ -746,7 +746,7 @@ fn try_key(backend: &Backend, path: &str, password: &[u8]) -> Result<KeyOutcome>
     Ok(
         match crypto::unwrap_master_key(password, &kf.kdf, &sealed) {
             Ok(Some(k)) => {
-                let name = path.rsplit('/').next().unwrap_or_default();
+                let name = object_name(path);
                 KeyOutcome::Opens(k, parse_id(name).map(podvault_proto::KeyId))
             }
             Ok(None) => KeyOutcome::OtherPassword,
@@ -755,9 +755,14 @@ fn try_key(backend: &Backend, path: &str, password: &[u8]) -> Result<KeyOutcome>
     )
 }
 
+/// The last component of an object path: its id, for named objects.
+fn object_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or_default()
+}
+
 /// Checks that an object's bytes hash to the id in its name.
 fn verify_name(path: &str, bytes: &[u8]) -> Result<()> {
-    let name = path.rsplit('/').next().unwrap_or_default();
+    let name = object_name(path);
     if name != blake3::hash(bytes).to_hex().as_str() {
         return Err(Error::Corrupt {
             object: path.to_owned(),
