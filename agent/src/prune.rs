@@ -23,14 +23,28 @@
 //!    no snapshot it lists still needs a blob that exists only in that pack. A pack that a
 //!    snapshot needs again (written by a backup that started before the mark) is *resurrected*:
 //!    the new index lists it as live.
+//! 4. **Deleted packs stay marked.** A deleted pack is kept in the new index's pending list
+//!    (a tombstone) for [`TOMBSTONE_SECS`] after its deletion time. An index object that still
+//!    lists it as live can appear after the prune read the index — a backup indexing packs it
+//!    uploaded before they were marked as orphans, or adopting "orphans" it listed just before
+//!    the deletion — and without the tombstone the next backup would deduplicate against a
+//!    pack that is gone. With it the pack stays pending: never reused, never adopted, and
+//!    `check` knows it is gone on purpose. The next prune drops such index objects.
+//!
+//! Times: the mark's `marked_at` is taken right before the index holding it is written (a
+//! backup cannot see a mark earlier), rounded down; `delete_after` is that moment rounded up
+//! plus the grace period. Rule 2 refuses from the midpoint of the two (measured in
+//! milliseconds), rule 3 deletes once `delete_after` has passed in whole seconds.
 //!
 //! Why this is enough: a backup that depends on a marked pack P writes its snapshot at a time
-//! `c < marked_at + grace/2` (rule 2). A prune may delete P only if it started listing at
-//! `s ≥ marked_at + grace` (rule 3), so `s > c + grace/2`: the snapshot is durable before
+//! `c` before the midpoint, `c < mark + (grace + 1 s)/2` (rule 2) — or, if it did not see the
+//! mark, before the mark was written. A prune may delete P only if it started listing at
+//! `s ≥ mark + grace` (rule 3), so `s > c + (grace − 1 s)/2`: the snapshot is durable before
 //! the listing starts, the prune sees it, and resurrects P. The argument needs clock skew
 //! between machines plus the time from the check to the snapshot write to stay below half
-//! the grace period — the default grace is 24 hours. `--grace 0` deletes in the same run and
-//! is only safe when nothing else writes to the repository.
+//! the grace period — the default grace is 24 hours — and a backup to index a pack it uploaded
+//! within the tombstone period (it does so every 64 packs and at the end). `--grace 0`
+//! deletes in the same run and is only safe when nothing else writes to the repository.
 //!
 //! Index objects: the prune writes one new index object holding every live and pending pack
 //! it knows and listing all index objects it read as superseded, then deletes those. Readers
@@ -54,6 +68,10 @@ use crate::error::{Error, Result};
 use crate::index::MasterIndex;
 use crate::packer::{FinishedPack, Packer};
 use crate::repository::{pack_path, Repository};
+
+/// How long a deleted pack stays in the index's pending list after its deletion time (rule 4):
+/// a week, 48 bytes per pack.
+pub const TOMBSTONE_SECS: i64 = 7 * 24 * 3600;
 
 /// Settings for `prune`.
 #[derive(Debug, Clone, clap::Args)]
@@ -163,10 +181,12 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         if !is_pending(id, &pending) {
             continue;
         }
-        let needed = packs[*id]
-            .blobs
-            .iter()
-            .any(|(b, _)| referenced.contains(b) && !claimed.contains_key(b));
+        // A pack already gone stays a tombstone: resurrecting it would not bring data back.
+        let needed = listed.contains(*id)
+            && packs[*id]
+                .blobs
+                .iter()
+                .any(|(b, _)| referenced.contains(b) && !claimed.contains_key(b));
         if needed {
             pending.remove(*id);
             report.packs_resurrected += 1;
@@ -178,17 +198,10 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         }
     }
 
-    // Phase one: mark unused and mostly-unused live packs, and orphans.
-    let mark = |pending: &mut HashMap<PackId, PendingPack>, id: PackId| {
-        pending.insert(
-            id,
-            PendingPack {
-                id,
-                marked_at: now,
-                delete_after: now.saturating_add(grace),
-            },
-        );
-    };
+    // Phase one: mark unused and mostly-unused live packs, and orphans. Marks get their time
+    // when they are written (below).
+    let mut marked: HashSet<PackId> = HashSet::new();
+    let mut mark = |id: PackId| marked.insert(id);
     let mut to_repack: Vec<PackId> = Vec::new();
     for id in &order {
         if is_pending(id, &pending) || !listed.contains(*id) {
@@ -204,7 +217,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         let size = state.info.size.max(1) as u64;
         let unused_pct = (size.saturating_sub(used)) * 100 / size;
         if used == 0 {
-            mark(&mut pending, **id);
+            mark(**id);
             report.packs_marked += 1;
         } else if unused_pct > opts.repack_threshold as u64 {
             to_repack.push(**id);
@@ -212,7 +225,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     }
     for id in &listed {
         if !packs.contains_key(id) && !pending.contains_key(id) {
-            mark(&mut pending, *id);
+            mark(*id);
             report.packs_marked += 1;
         }
     }
@@ -241,41 +254,59 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             }
         }
         for id in &to_repack {
-            mark(&mut pending, *id);
+            mark(*id);
             report.packs_marked += 1;
             report.packs_repacked += 1;
         }
     }
 
     // Phase two: delete marked packs whose grace period has passed (relative to `now`,
-    // taken before the snapshots were listed) and that nothing resurrected.
+    // taken before the snapshots were listed) and that nothing resurrected. Deleted packs
+    // stay pending as tombstones (rule 4) until those expire.
     let mut delete: Vec<PackId> = Vec::new();
-    let mut gone: HashSet<PackId> = HashSet::new();
     pending.retain(|id, p| {
         if !listed.contains(id) {
-            gone.insert(*id); // deleted by an earlier run
-            return false;
+            // Deleted earlier.
+            return p.delete_after.saturating_add(TOMBSTONE_SECS) > now;
         }
         if p.delete_after <= now {
             delete.push(*id);
-            return false;
         }
         true
     });
+    if opts.grace.is_zero() {
+        delete.extend(marked.iter().copied());
+    }
     delete.sort();
     report.packs_deleted = delete.len();
     report.bytes_deleted = delete
         .iter()
         .map(|id| packs.get(id).map_or(0, |s| s.info.size as u64))
         .sum();
-    report.packs_pending = pending.len();
+    let still_marked = pending.keys().filter(|id| listed.contains(*id)).count();
+    report.packs_pending = still_marked + marked.len() - delete.len();
     report.index_objects_replaced = read_ids.len();
     if opts.dry_run {
         return Ok(report);
     }
 
-    // The new index: every pack that stays, live or pending.
+    // The new marks, timed now that they are about to become visible.
+    let (marked_at, ceil) = mark_time();
+    for id in marked {
+        pending.insert(
+            id,
+            PendingPack {
+                id,
+                marked_at,
+                delete_after: ceil.saturating_add(grace),
+            },
+        );
+    }
+
+    // The new index: every pack that stays, live or pending, and the tombstones.
     let deleted: HashSet<PackId> = delete.iter().copied().collect();
+    let gone =
+        |id: &PackId| deleted.contains(id) || (!listed.contains(id) && pending.contains_key(id));
     let mut file = IndexFile {
         supersedes: read_ids.clone(),
         ..IndexFile::default()
@@ -287,7 +318,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     kept.extend(
         order
             .iter()
-            .filter(|id| !deleted.contains(**id) && !gone.contains(**id))
+            .filter(|id| !gone(id))
             .map(|id| (&packs[*id].info, &packs[*id].blobs)),
     );
     for (n, (info, blobs)) in kept.iter().enumerate() {
@@ -520,7 +551,7 @@ pub fn check_dependencies(
     let mut attempt = 0;
     'again: loop {
         attempt += 1;
-        let now = unix_now();
+        let now = unix_now_ms();
         let current = repo.list::<IndexFile>()?;
         if !loaded.iter().all(|id| current.contains(id)) {
             let index = repo.load_index()?;
@@ -552,9 +583,14 @@ pub fn check_dependencies(
     }
 }
 
-fn check_mark(mark: &PendingPack, now: i64) -> Result<()> {
-    let half = mark.marked_at + (mark.delete_after - mark.marked_at) / 2;
-    if now >= half {
+/// Rule 2: a mark may be relied on until the midpoint between the earliest moment it can
+/// have been written and its deletion time (`now_ms` in milliseconds, the mark in seconds).
+fn check_mark(mark: &PendingPack, now_ms: i64) -> Result<()> {
+    let half_ms = mark
+        .marked_at
+        .saturating_add(mark.delete_after)
+        .saturating_mul(500);
+    if now_ms >= half_ms {
         return Err(conflict(
             &mark.id,
             "was marked for deletion by a prune, and too much of its grace period has passed",
@@ -570,8 +606,59 @@ fn conflict(pack: &PackId, what: &str) -> Error {
     ))
 }
 
+/// A new mark's `marked_at` and the moment its grace period starts from: now in whole
+/// seconds, rounded down and up.
+fn mark_time() -> (i64, i64) {
+    let ms = unix_now_ms();
+    (ms.div_euclid(1000), (ms + 999).div_euclid(1000))
+}
+
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(marked_at: i64, delete_after: i64) -> PendingPack {
+        PendingPack {
+            id: PackId([7; 32]),
+            marked_at,
+            delete_after,
+        }
+    }
+
+    #[test]
+    fn a_mark_is_relied_on_until_the_midpoint_of_its_grace_period() {
+        // Written at 100.x s (marked_at 100), grace 2 s from 101: midpoint 101.5 s.
+        assert!(check_mark(&mark(100, 103), 101_499).is_ok());
+        let err = check_mark(&mark(100, 103), 101_500)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("run the backup again"), "{err}");
+        // A day's grace leaves half a day.
+        let day = 24 * 3600;
+        assert!(check_mark(&mark(0, day + 1), (day / 2) * 1000).is_ok());
+        assert!(check_mark(&mark(0, day + 1), (day / 2 + 1) * 1000).is_err());
+        // Huge grace periods do not overflow.
+        assert!(check_mark(&mark(0, i64::MAX / 2), i64::MAX / 4).is_ok());
+    }
+
+    #[test]
+    fn mark_times_bracket_now() {
+        let before = unix_now_ms();
+        let (floor, ceil) = mark_time();
+        let after = unix_now_ms();
+        assert!(floor * 1000 <= after && ceil * 1000 >= before);
+        assert!(ceil - floor <= 1);
+    }
 }

@@ -17,7 +17,8 @@
 //! see the engine's `prune` module): new backups must not reuse their blobs, and a later prune
 //! deletes them once the grace period has passed and no snapshot needs them. A pending pack
 //! may or may not also appear in `packs` (an orphan pack left by a killed backup has no
-//! entries).
+//! entries), and may already be deleted: prune keeps deleted packs pending for a while, so an
+//! index object written late that still lists one is not taken as live.
 
 use crate::id::{BlobId, IndexId, PackId, ID_LEN};
 use crate::pack::BlobType;

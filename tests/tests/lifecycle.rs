@@ -4,6 +4,9 @@
 use std::fs;
 use std::path::Path;
 
+use podvault::backend::Location;
+use podvault::repository::Repository;
+use podvault_proto::index::{IndexEntry, IndexFile};
 use podvault_tests::{fill, generate_tree, read_tree, Repo, CHEAP_KDF, SMALL_PACKS};
 use rand::SeedableRng;
 
@@ -158,6 +161,80 @@ fn prune_marks_then_deletes_after_the_grace_period_and_resurrects_what_is_needed
     let out = work.path().join("latest");
     repo.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
     assert!(read_tree(&out) == read_tree(&src));
+}
+
+/// An index object listing a pack as live can be written after a prune read the index and
+/// before (or after) it deleted that pack: a backup indexing packs it uploaded before they
+/// were marked, or adopting "orphans" it listed just before the deletion. Simulated here by
+/// putting index objects from before the prune back. The deleted packs must stay known as
+/// deleted: `check` stays clean and a backup of the same data stores it anew instead of
+/// building on packs that are gone.
+#[test]
+fn a_late_index_object_naming_deleted_packs_is_never_built_on() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("repo");
+    let repo = small_repo(&dir);
+    let src = work.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let write = |seed: u64| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for i in 0..4 {
+            fs::write(src.join(format!("f{i}")), fill(&mut rng, 600_000, false)).unwrap();
+        }
+    };
+    write(21);
+    repo.backup_json(&[src.to_str().unwrap()]);
+    let engine = Repository::open(&Location::Fs(dir.clone()), repo.password.as_bytes()).unwrap();
+    let before = engine.load_index_files().unwrap();
+    write(22);
+    repo.backup_json(&[src.to_str().unwrap()]);
+    repo.ok(&["forget", "--keep-last", "1"]);
+    let gone = json(&repo.ok(&["prune", "--grace", "0s", "--json"]));
+    assert!(gone["packs_deleted"].as_u64().unwrap() > 0, "{gone}");
+    // One index object per pack of the first backup, written now: new objects the prune
+    // never saw, as a late writer would leave them.
+    let mut late = 0;
+    for (_, file) in before {
+        for (n, pack) in file.packs.iter().enumerate() {
+            let mut one = IndexFile {
+                packs: vec![*pack],
+                ..IndexFile::default()
+            };
+            one.entries = file
+                .entries
+                .iter()
+                .filter(|e| e.pack as usize == n)
+                .map(|e| IndexEntry { pack: 0, ..*e })
+                .collect();
+            engine.save(&one).unwrap();
+            late += 1;
+        }
+    }
+    assert!(late > 1);
+    let check = repo.run(&["check", "--read-data"]);
+    assert!(
+        check.status.success(),
+        "a late index object naming deleted packs fails check:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    write(21);
+    let expected = read_tree(&src);
+    let again = repo.backup_json(&[src.to_str().unwrap()]);
+    assert!(
+        again["summary"]["bytes_stored"].as_u64().unwrap() > 2_000_000,
+        "the data of deleted packs must be stored anew: {again}"
+    );
+    repo.ok(&["check", "--read-data"]);
+    let out = work.path().join("out");
+    repo.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert!(read_tree(&out) == expected, "restore differs");
+
+    // The next prune folds the late objects away; the tombstones keep nothing alive.
+    repo.ok(&["prune", "--grace", "0s"]);
+    assert_eq!(files(&dir.join("index")).len(), 1);
+    repo.ok(&["check", "--read-data"]);
 }
 
 #[test]
