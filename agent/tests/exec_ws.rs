@@ -348,3 +348,149 @@ async fn a_dump_is_saved_only_when_the_command_succeeds() {
     assert_eq!(f.reason, Reason::DumpFailed);
     assert!(f.message.contains("exit status unknown"), "{}", f.message);
 }
+
+/// A pod on node `node-a` whose backup command is the stand-in's `word`.
+fn dump_pod(word: &str) -> k8s_openapi::api::core::v1::Pod {
+    serde_yaml::from_str(&format!(
+        r#"
+metadata:
+  name: pg-0
+  namespace: shop
+  uid: uid-pg-0
+  annotations:
+    backup.podvault.dev/backup-command: '["{word}"]'
+    backup.podvault.dev/backup-command-filename: all.sql
+spec:
+  nodeName: node-a
+  containers: [{{name: db}}]
+status: {{phase: Running}}
+"#
+    ))
+    .unwrap()
+}
+
+fn dump_spec(volume: &str) -> podvault_proto::crd::PodVolumeBackupSpec {
+    serde_yaml::from_str(&format!(
+        "{{pod: pg-0, volume: {volume}, dump: true, retention: 'last=1'}}"
+    ))
+    .unwrap()
+}
+
+/// The agent's dump path end to end below the API server: the stand-in's output becomes a
+/// snapshot of the repository with the dump's series tags; a failing, canceled or
+/// misnamed dump leaves the repository as it was and fails with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execute_dump_writes_a_snapshot_only_for_a_complete_dump() {
+    use podvault::progress::Progress;
+    use podvault::worker::dump::execute_dump;
+    use podvault::worker::prepare::Prepared;
+    use podvault_proto::crd::{OperationStatus, Phase};
+
+    let (client, _) = stand_in().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = serde_yaml::from_str(&format!(
+        "backend: {{fs: {{path: {}}}}}\npasswordSecret: {{name: pw, key: password}}\n",
+        dir.path().join("repo").display()
+    ))
+    .unwrap();
+    let pw = [("password".to_string(), b"dump-pass".to_vec())].into();
+    let repo = podvault::worker::repo::settings("default", &spec, &pw, None).unwrap();
+    let run = |word: &'static str, volume: &'static str, cancel: bool| {
+        let (client, repo) = (client.clone(), repo.clone());
+        async move {
+            let prepared = Prepared {
+                pod: dump_pod(word),
+                pv: None,
+                repo,
+            };
+            execute_dump(
+                client,
+                "node-a",
+                &dump_spec(volume),
+                prepared,
+                &OperationStatus::default(),
+                Arc::new(Progress::default()),
+                Arc::new(AtomicBool::new(cancel)),
+            )
+            .await
+        }
+    };
+    // The engine blocks: read the repository off the async threads.
+    let snapshots = || {
+        let repo = repo.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let r =
+                    podvault::repository::Repository::open(&repo.location, &repo.password).unwrap();
+                let snaps = r.snapshots().unwrap();
+                let mut first = Vec::new();
+                if let Some((_, snap)) = snaps.first() {
+                    podvault::dump::dump(&r, snap, "all.sql", &mut first, &AtomicBool::new(false))
+                        .unwrap();
+                }
+                (snaps, first)
+            })
+            .await
+            .unwrap()
+        }
+    };
+
+    let ok = run("big", "all.sql", false).await;
+    assert_eq!(ok.status.phase, Some(Phase::Completed), "{:?}", ok.status);
+    let message = ok.status.message.clone().unwrap();
+    assert!(message.contains(&format!("of {BIG} bytes")), "{message}");
+    assert!(message.contains("retention removed 0"), "{message}");
+    assert_eq!(
+        ok.status.series.as_deref(),
+        Some("shop/pod/pg-0/all.sql"),
+        "the dump's own series"
+    );
+    let (snaps, out) = snapshots().await;
+    assert_eq!(snaps.len(), 1);
+    let (id, snap) = &snaps[0];
+    assert_eq!(ok.status.snapshot_id.as_deref(), Some(id.to_hex().as_str()));
+    for tag in [
+        "series=shop/pod/pg-0/all.sql",
+        "dump=all.sql",
+        "pod=pg-0",
+        "node=node-a",
+    ] {
+        assert!(snap.has_tag(tag), "missing tag {tag}: {:?}", snap.tags);
+    }
+    assert_eq!(out.len() as u64, BIG);
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, b)| *b == big_byte(i as u64)),
+        "the stored dump differs from the command's output"
+    );
+
+    let failed = run("fail", "all.sql", false).await;
+    assert_eq!(failed.status.phase, Some(Phase::Failed));
+    assert_eq!(failed.status.reason.as_deref(), Some("dump_failed"));
+    let m = failed.status.message.unwrap();
+    assert!(
+        m.contains("exit code 3") && m.contains("no snapshot"),
+        "{m}"
+    );
+    let cut = run("nostatus", "all.sql", false).await;
+    assert_eq!(cut.status.phase, Some(Phase::Failed));
+    let canceled = run("big", "all.sql", true).await;
+    assert_eq!(
+        canceled.status.phase,
+        Some(Phase::Canceled),
+        "{:?}",
+        canceled.status
+    );
+    let misnamed = run("big", "other.sql", false).await;
+    assert_eq!(misnamed.status.phase, Some(Phase::Failed));
+    assert!(
+        misnamed.status.message.unwrap().contains("other.sql"),
+        "names the wrong name"
+    );
+    assert_eq!(
+        snapshots().await.0.len(),
+        1,
+        "only the complete dump was stored"
+    );
+}

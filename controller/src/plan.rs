@@ -63,6 +63,9 @@ pub enum PlanError {
     /// The retention annotation does not parse.
     #[error(transparent)]
     Retention(#[from] ParseRetentionError),
+    /// The logical dump's name is unusable.
+    #[error(transparent)]
+    DumpName(#[from] k8s::DumpNameError),
 }
 
 /// One PodVolumeBackup to create.
@@ -105,15 +108,13 @@ pub struct PodPlan {
     pub interval: Option<Duration>,
 }
 
-/// True when the controller should look at this pod at all.
+/// True when the controller should look at this pod at all: it lists volumes to back up,
+/// has a logical-dump command, or the controller backs up all volumes.
 pub fn is_selected(pod: &Pod, options: &PlanOptions) -> bool {
+    let ann = pod.metadata.annotations.as_ref();
     options.all_volumes
-        || pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(k8s::backup_volumes)
-            .is_some()
+        || ann.and_then(k8s::backup_volumes).is_some()
+        || ann.is_some_and(|a| a.contains_key(k8s::BACKUP_COMMAND))
 }
 
 /// True when the pod is in a state its volumes can be read in: on a node, Running, and not
@@ -155,8 +156,18 @@ pub fn plan_pod(
         .cloned()
         .or_else(|| options.default_repository.clone());
 
+    let volume_names: Vec<String> = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .map(|vs| vs.iter().map(|v| v.name.clone()).collect())
+        .unwrap_or_default();
+    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+    let dump = k8s::dump_name(ann, pod_name, &volume_names)?;
     let (candidates, requested): (Vec<String>, bool) = match k8s::backup_volumes(ann) {
         Some(list) => (list, true),
+        // Selected for its dump only.
+        None if !options.all_volumes => (Vec::new(), false),
         None => {
             let opt_out: BTreeSet<String> = k8s::backup_volumes_excludes(ann).into_iter().collect();
             let all = pod
@@ -203,6 +214,13 @@ pub fn plan_pod(
         }
     }
 
+    let mut dumps = Vec::new();
+    if let Some(name) = dump {
+        let series = Series::of_pod_dump(pod, &name);
+        plan.series.push(series.clone());
+        dumps.push((name, series));
+    }
+
     let created = pod.metadata.creation_timestamp.as_ref().and_then(|t| {
         DateTime::<Utc>::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond() as u32)
     });
@@ -210,16 +228,19 @@ pub fn plan_pod(
         .latest_tick(now)
         .filter(|tick| created.is_none_or(|c| *tick >= c));
     if let (Some(tick), true) = (tick, is_ready(pod)) {
-        for (volume, series) in volumes {
-            let object = backup_object(
+        let volumes = volumes.into_iter().map(|(v, s)| (v, s, false));
+        let dumps = dumps.into_iter().map(|(v, s)| (v, s, true));
+        for (volume, series, dump) in volumes.chain(dumps) {
+            let mut object = backup_object(
                 pod,
                 &volume,
                 &series,
                 tick,
                 repository.clone(),
-                excludes.clone(),
+                if dump { Vec::new() } else { excludes.clone() },
                 retention.as_ref().map(|r| r.to_string()),
             );
+            object.spec.dump = dump;
             plan.due.push(PlannedBackup {
                 series,
                 tick,
@@ -284,6 +305,7 @@ fn backup_object(
             tags: vec!["scheduled".to_string()],
             excludes,
             retention,
+            dump: false,
             cancel: false,
         },
         status: None,
@@ -377,6 +399,67 @@ status: {{phase: Running}}
         // The secret is skipped silently: nobody asked for it.
         assert_eq!(plan.skipped.len(), 1);
         assert!(!plan.skipped[0].requested);
+    }
+
+    #[test]
+    fn a_backup_command_is_scheduled_like_a_volume_of_its_own() {
+        let now = t("2025-03-10T13:27:00Z");
+        // Dump only: no volume is backed up, the dump is due at the tick.
+        let p = pod(
+            "pg-0",
+            "backup.podvault.dev/backup-command: pg_dumpall, backup.podvault.dev/retention: last=7",
+            VOLS,
+        );
+        let plan = plan_pod(&p, &PlanOptions::default(), now).unwrap().unwrap();
+        assert_eq!(
+            plan.series,
+            vec![Series::pod_volume("shop", "pg-0", "pg-0.dump")]
+        );
+        assert_eq!(plan.due.len(), 1);
+        let spec = &plan.due[0].object.spec;
+        assert!(spec.dump);
+        assert_eq!(
+            (spec.pod.as_str(), spec.volume.as_str()),
+            ("pg-0", "pg-0.dump")
+        );
+        assert_eq!(spec.retention.as_deref(), Some("last=7"));
+        assert_eq!(
+            names(&plan),
+            vec!["pg-0-pg-0-dump-".to_string() + &plan.due[0].series.hash()[..8] + "-202503101200"]
+        );
+        // With volumes and a named dump: both, the volumes without the dump flag.
+        let p = pod(
+            "pg-0",
+            "backup.podvault.dev/backup-volumes: data, backup.podvault.dev/backup-command: pg_dumpall, backup.podvault.dev/backup-command-filename: all.sql",
+            VOLS,
+        );
+        let plan = plan_pod(&p, &PlanOptions::default(), now).unwrap().unwrap();
+        let due: Vec<(bool, String)> = plan
+            .due
+            .iter()
+            .map(|d| (d.object.spec.dump, d.object.spec.volume.clone()))
+            .collect();
+        assert_eq!(due, vec![(false, "data".into()), (true, "all.sql".into())]);
+        // A dump named like a volume would share its series: refused, naming the annotation.
+        let p = pod(
+            "pg-0",
+            "backup.podvault.dev/backup-command: pg_dumpall, backup.podvault.dev/backup-command-filename: scratch",
+            VOLS,
+        );
+        let e = plan_pod(&p, &PlanOptions::default(), now).unwrap_err();
+        assert!(
+            e.to_string().contains("backup-command-filename") && e.to_string().contains("volumes"),
+            "{e}"
+        );
+        let p = pod(
+            "pg-0",
+            "backup.podvault.dev/backup-command: pg_dumpall, backup.podvault.dev/backup-command-filename: ../x",
+            VOLS,
+        );
+        assert!(matches!(
+            plan_pod(&p, &PlanOptions::default(), now),
+            Err(PlanError::DumpName(_))
+        ));
     }
 
     #[test]

@@ -114,6 +114,10 @@ impl Error {
                 source: PlanError::Retention(_),
                 ..
             } => "invalid_retention",
+            Error::Plan {
+                source: PlanError::DumpName(_),
+                ..
+            } => "invalid_dump_name",
             Error::CreateBackup { .. } => "create_backup",
             Error::PatchStatus { .. } => "patch_status",
             Error::List { .. } => "list",

@@ -148,9 +148,15 @@ pub struct PodVolumeBackupSpec {
     /// Name of the pod, in this object's namespace.
     #[schemars(length(min = 1, max = 253))]
     pub pod: String,
-    /// Name of the volume in the pod's `spec.volumes`.
-    #[schemars(length(min = 1, max = 63))]
+    /// Name of the volume in the pod's `spec.volumes`; with `dump`, the name the dump gets
+    /// in the snapshot (and its series).
+    #[schemars(length(min = 1, max = 255))]
     pub volume: String,
+    /// Back up the output of the pod's `backup.podvault.dev/backup-command` (a logical
+    /// dump, run in its container through `pods/exec`) as the one file `volume` of a snapshot,
+    /// instead of a volume's files. Needs an agent running with `--allow-exec`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dump: bool,
     /// BackupRepository to write to; the agent's default repository when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,

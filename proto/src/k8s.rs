@@ -17,7 +17,7 @@ pub mod volume;
 
 pub use annotations::*;
 pub use isolation::{check_restore_namespace, snapshot_namespace, IsolationError};
-pub use series::{snapshot_tags, ParseSeriesError, Series, SeriesSource};
+pub use series::{dump_snapshot_tags, snapshot_tags, ParseSeriesError, Series, SeriesSource};
 pub use volume::{
     claim_name, classify_volume, escape_plugin_name, find_volume, resolve_volume, VolumeClass,
     VolumeError, VolumeLocation, VolumePolicy,

@@ -29,7 +29,10 @@
 //! 8. agent killed (SIGKILL) mid-backup and restarted: the backup completes, `Resumed`;
 //! 9. two agents on two nodes each run only their own node's work;
 //! 10. a PVB for a pod on a node without agent stays New and visible;
-//! 11. a PVB naming a missing pod fails with `pod_not_found`.
+//! 11. a PVB naming a missing pod fails with `pod_not_found`;
+//! 12. pre/post hooks through `pods/exec` (RBAC; on-error Fail and Continue);
+//! 13. a pod with only a `backup-command` gets a scheduled dump PVB (`spec.dump`), which the
+//!     agent runs through `pods/exec` (no kubelet here: it fails as `dump_failed`, no snapshot).
 
 use std::fs;
 use std::io::{BufReader, Read, Write};
@@ -1398,6 +1401,81 @@ fn podvault_against_a_real_api_server() {
         "on-error Continue: Completed, snapshot {}, message {message:?}",
         s(&v, "/status/snapshot")
     ));
+
+    // ----- 13 -----
+    // A logical dump scheduled by the controller: a pod with only a backup-command gets one
+    // PodVolumeBackup per tick with spec.dump, and no volume of it is backed up. The agent
+    // runs the command through pods/exec; with no kubelet behind this API server the exec
+    // cannot complete, so what is proved is the scheduling, the dispatch to the dump path
+    // (not a volume backup), RBAC, and that an incomplete dump fails and writes no snapshot.
+    h.step(
+        "13",
+        "a scheduled logical dump (backup-command) through pods/exec",
+    );
+    let before = h.snapshots();
+    h.create_pod(
+        "pg",
+        &node_a,
+        &["data"],
+        json!({
+            "backup.podvault.dev/backup-command": "pg_dumpall -U postgres",
+            "backup.podvault.dev/backup-command-filename": "all.sql",
+            "backup.podvault.dev/backup-command-timeout": "20s",
+            "backup.podvault.dev/schedule": "* * * * *",
+        }),
+    );
+    h.pod_running("pg");
+    let dumps: Vec<Value> = h.wait_for(
+        "the controller to create the dump's PodVolumeBackup",
+        Duration::from_secs(90),
+        POLL,
+        ("pod", "pg", Some(&ns)),
+        || {
+            let list: Value =
+                serde_json::from_str(&h.k(&["get", "pvb", "-n", &ns, "-o", "json"])).ok()?;
+            let mine: Vec<Value> = list["items"]
+                .as_array()?
+                .iter()
+                .filter(|v| s(v, "/spec/pod") == "pg")
+                .cloned()
+                .collect();
+            (!mine.is_empty()).then_some(mine)
+        },
+    );
+    assert!(
+        dumps
+            .iter()
+            .all(|v| v["spec"]["dump"] == json!(true) && s(v, "/spec/volume") == "all.sql"),
+        "only the dump is scheduled, with spec.dump: {dumps:?}"
+    );
+    let name = s(&dumps[0], "/metadata/name");
+    let v = h.wait_phase("pvb", &name, "Failed", Duration::from_secs(90));
+    let (reason, message) = (s(&v, "/status/reason"), s(&v, "/status/message"));
+    assert_eq!(reason, "dump_failed", "status.reason of {name}: {message}");
+    assert!(
+        message.contains("pg_dumpall")
+            && message.contains("no snapshot")
+            && !message.to_lowercase().contains("forbidden"),
+        "the message names the command, says no snapshot was written, and is not an RBAC \
+         refusal: {message:?}"
+    );
+    assert_eq!(s(&v, "/status/series"), format!("{ns}/pod/pg/all.sql"));
+    assert_eq!(
+        h.snapshots(),
+        before,
+        "an incomplete dump writes no snapshot"
+    );
+    h.result(&format!(
+        "{name}: spec.dump true, volume all.sql; Failed, reason {reason}, message {message:?}; snapshots {before} -> {before}"
+    ));
+    h.k(&[
+        "annotate",
+        "pod",
+        "pg",
+        "-n",
+        &ns,
+        "backup.podvault.dev/backup-command-",
+    ]);
 
     h.assert_no_panics();
     let alive: Vec<String> = h

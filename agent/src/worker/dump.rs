@@ -10,27 +10,34 @@
 //! returned early.
 //!
 //! [`save_stream`] is the `save` that stores the stream with the engine's
-//! [`crate::archiver::backup_stream`]. Not done yet: the controller does not schedule dumps
-//! (no PodVolumeBackup kind or field asks for one), so nothing calls [`dump_with`] with it in
-//! a running agent.
+//! [`crate::archiver::backup_stream`]; [`execute_dump`] runs a PodVolumeBackup with
+//! `spec.dump` (the controller creates one per tick for a pod with a backup command) and
+//! turns the result into its final status, like a volume backup's.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
+use podvault_proto::crd::{OperationStatus, PodVolumeBackupSpec};
+use podvault_proto::k8s::{dump_snapshot_tags, Series, BACKUP_COMMAND, BACKUP_COMMAND_FILENAME};
 
 use super::exec::{run_streamed, ExecSpec, Exit, StreamReader};
 use super::hooks::DumpCommand;
-use super::outcome::{Failure, Reason};
+use super::outcome::{Failure, Reason, Report};
+use super::prepare::Prepared;
 use super::repo::RepoSettings;
+use crate::progress::Progress;
 
-/// Runs `dump` in `namespace/pod` and saves its stdout with `save`; `Ok` carries `save`'s
-/// message.
-pub async fn dump_with(
+/// Runs `dump` in `namespace/pod` and saves its stdout with `save`; `Ok` carries what `save`
+/// returned.
+pub async fn dump_with<T: Send + 'static>(
     client: Client,
     namespace: &str,
     pod: &str,
     dump: &DumpCommand,
-    save: impl FnOnce(StreamReader) -> Result<String, Failure> + Send + 'static,
-) -> Result<String, Failure> {
+    save: impl FnOnce(StreamReader) -> Result<T, Failure> + Send + 'static,
+) -> Result<T, Failure> {
     let spec = ExecSpec {
         namespace: namespace.to_string(),
         pod: pod.to_string(),
@@ -39,6 +46,12 @@ pub async fn dump_with(
         timeout: dump.timeout,
     };
     let (saved, out) = run_streamed(client, spec, save).await;
+    // Canceled: the reader was dropped, which ended the command's connection.
+    if let Ok(Err(f)) = &saved {
+        if f.reason == Reason::Canceled {
+            return Err(f.clone());
+        }
+    }
     if !out.exit.success() {
         let mut message = format!(
             "backup command {} in container {:?} of pod {namespace}/{pod} failed: {}",
@@ -66,16 +79,16 @@ pub async fn dump_with(
 /// Saves a dump's stdout as the one file `filename` of a new snapshot tagged `tags` in the
 /// repository `repo` (the engine's stream backup: chunked, deduplicated, compressed,
 /// encrypted; a read error — the command failed, timed out or its exit is unknown — writes no
-/// snapshot). Returns the snapshot id.
+/// snapshot). Returns the snapshot written.
 pub fn save_stream(
     reader: StreamReader,
     repo: &RepoSettings,
     filename: &str,
     tags: &[String],
     host: &str,
-    progress: &crate::progress::Progress,
+    progress: &Progress,
     cancel: &std::sync::atomic::AtomicBool,
-) -> Result<String, Failure> {
+) -> Result<crate::archiver::BackupOutcome, Failure> {
     let what = format!("BackupRepository {}", repo.name);
     let opened = super::repo::open_or_init(repo).map_err(|e| Failure::engine(&what, &e))?;
     let opts = crate::archiver::BackupOptions {
@@ -85,12 +98,103 @@ pub fn save_stream(
         host: Some(host.to_owned()),
         ..Default::default()
     };
-    let out = crate::archiver::backup_stream(&opened, filename, reader, &opts, progress, cancel)
-        .map_err(|e| match e {
+    crate::archiver::backup_stream(&opened, filename, reader, &opts, progress, cancel).map_err(
+        |e| match e {
+            crate::Error::Canceled => Failure::new(Reason::Canceled, "canceled"),
             crate::Error::Stream { .. } => Failure::new(Reason::DumpFailed, e.to_string()),
             e => Failure::engine(&format!("dump {filename:?} into {what}"), &e),
-        })?;
-    Ok(out.id.to_hex())
+        },
+    )
+}
+
+/// Runs the logical dump a PodVolumeBackup with `spec.dump` asks for: the pod's backup
+/// command in its container, its stdout stored as the one file `spec.volume` of a snapshot
+/// in the dump's series, then the spec's retention. Returns the final status.
+pub async fn execute_dump(
+    client: Client,
+    node: &str,
+    spec: &PodVolumeBackupSpec,
+    p: Prepared,
+    base: &OperationStatus,
+    progress: Arc<Progress>,
+    cancel: Arc<AtomicBool>,
+) -> Report {
+    let mut report = Report::pending(base);
+    let outcome = run_dump(client, node, spec, p, &mut report, progress.clone(), cancel).await;
+    report.finish(
+        outcome,
+        &progress,
+        "canceled; no snapshot was written",
+        super::execute::now(),
+    );
+    report
+}
+
+async fn run_dump(
+    client: Client,
+    node: &str,
+    spec: &PodVolumeBackupSpec,
+    p: Prepared,
+    report: &mut Report,
+    progress: Arc<Progress>,
+    cancel: Arc<AtomicBool>,
+) -> Result<String, Failure> {
+    let ns = p.pod.metadata.namespace.clone().unwrap_or_default();
+    let pod = p.pod.metadata.name.clone().unwrap_or_default();
+    let retention = super::execute::retention_of(spec)?;
+    let dump = dump_of(&p.pod)?.ok_or_else(|| {
+        Failure::new(
+            Reason::InvalidSpec,
+            format!("spec.dump is set, but pod {ns}/{pod} has no annotation {BACKUP_COMMAND}"),
+        )
+    })?;
+    if dump.filename != spec.volume {
+        return Err(Failure::new(
+            Reason::InvalidSpec,
+            format!(
+                "spec.volume {:?} is not the name of pod {ns}/{pod}'s dump, {:?} \
+                 (annotation {BACKUP_COMMAND_FILENAME}, default <pod>.dump)",
+                spec.volume, dump.filename
+            ),
+        ));
+    }
+    let series = Series::of_pod_dump(&p.pod, &dump.filename);
+    report.status.series = Some(series.key());
+    let mut tags = dump_snapshot_tags(&p.pod, &dump.filename, node);
+    tags.extend(spec.tags.iter().cloned());
+    let (repo, filename, host) = (p.repo.clone(), dump.filename.clone(), node.to_string());
+    let saved = dump_with(client, &ns, &pod, &dump, move |reader| {
+        save_stream(reader, &repo, &filename, &tags, &host, &progress, &cancel)
+    })
+    .await?;
+    let summary = &saved.snapshot.summary;
+    let id = saved.id.to_hex();
+    report.status.set_snapshot(&id);
+    report.status.bytes_added = Some(summary.bytes_added);
+    report.series = Some(series.clone());
+    report.bytes_read = summary.bytes_read;
+    report.bytes_added = summary.bytes_added;
+    let mut message = format!(
+        "snapshot {} saved: dump {:?} of {} bytes from {}; {} bytes added",
+        &id[..8],
+        dump.filename,
+        summary.bytes_read,
+        serde_json::to_string(&dump.command).unwrap_or_default(),
+        summary.bytes_added
+    );
+    if let Some(policy) = retention {
+        let settings = p.repo.clone();
+        let note = tokio::task::spawn_blocking(move || {
+            match super::repo::open_repository(&settings, false) {
+                Ok(repo) => super::execute::apply_retention(&repo, &policy, &series),
+                Err(e) => format!("; retention failed: {e}"),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| format!("; retention failed: {e}"));
+        message.push_str(&note);
+    }
+    Ok(message)
 }
 
 /// The dump command of `pod`, if it has one (malformed annotations are an error naming them).
@@ -106,6 +210,7 @@ pub fn dump_of(pod: &Pod) -> Result<Option<DumpCommand>, Failure> {
         pod.metadata.annotations.as_ref().unwrap_or(&empty),
         name,
         &containers,
+        &super::hooks::volume_names(pod),
     )
     .map_err(|e| Failure::new(Reason::InvalidHook, e.to_string()))
 }

@@ -256,14 +256,25 @@ pub async fn exec(client: &Client, spec: &ExecSpec, stdout: Stdout) -> ExecOutpu
         let (Some(o), Some(e), Some(status)) = (proc.stdout(), proc.stderr(), status) else {
             return Err("the exec connection has no stdout, stderr or status".to_string());
         };
-        // Both pipes at once: the message loop blocks on whichever is full.
-        let (o, ()) = tokio::join!(
-            drain_stdout(o, &stdout, &out_tail, &count),
-            drain_tail(e, &err_tail)
-        );
+        // Both pipes at once: the message loop blocks on whichever is full. When the
+        // consumer of stdout goes away, stop at once: nobody reads stdout any more, so
+        // stderr would never end either.
+        let out = drain_stdout(o, &stdout, &out_tail, &count);
+        let err = drain_tail(e, &err_tail);
+        tokio::pin!(out, err);
+        let mut err_done = false;
+        let o = loop {
+            tokio::select! {
+                o = &mut out => break o,
+                () = &mut err, if !err_done => err_done = true,
+            }
+        };
         if o.is_err() {
             // Dropping `proc` closes the connection.
             return Err("the consumer of its output stopped reading".to_string());
+        }
+        if !err_done {
+            err.await;
         }
         let status = status.await;
         drop(proc);

@@ -78,7 +78,8 @@ pub fn locate_volume(
     Ok(loc)
 }
 
-fn now() -> Time {
+/// The current time as the API's `Time`.
+pub fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
@@ -111,15 +112,7 @@ fn run_backup(
     let series = Series::of_pod_volume(&job.pod, &spec.volume)
         .map_err(|e| Failure::new(Reason::Volume, e.to_string()))?;
     status.series = Some(series.key());
-    // Validate the retention policy before doing any work: a typo should not cost a backup
-    // window silently, and it is cheap to fix.
-    let retention: Option<RetentionPolicy> = match &spec.retention {
-        Some(text) => Some(
-            text.parse()
-                .map_err(|e| Failure::new(Reason::InvalidSpec, format!("spec.retention: {e}")))?,
-        ),
-        None => None,
-    };
+    let retention = retention_of(spec)?;
     let loc = locate_volume(&job.pod, &spec.volume, job.pv.as_ref(), &job.node)?;
     status.host_path = Some(loc.path.display().to_string());
     let mut tags = snapshot_tags(&job.pod, &spec.volume, &job.node.node)
@@ -171,16 +164,33 @@ fn run_backup(
         ));
     }
     if let Some(policy) = retention {
-        match crate::forget::forget(&repo, &forget_options(&policy, &series)) {
-            Ok(d) => {
-                let removed: usize = d.iter().map(|s| s.remove.len()).sum();
-                message.push_str(&format!("; retention removed {removed} snapshot(s)"));
-            }
-            // The snapshot is saved; retention runs again after the next backup.
-            Err(e) => message.push_str(&format!("; retention failed: {e}")),
-        }
+        message.push_str(&apply_retention(&repo, &policy, &series));
     }
     Ok(message)
+}
+
+/// The spec's retention policy. Validated before any work: a typo should not cost a backup
+/// window silently, and it is cheap to fix.
+pub fn retention_of(spec: &PodVolumeBackupSpec) -> Result<Option<RetentionPolicy>, Failure> {
+    spec.retention
+        .as_deref()
+        .map(|text| {
+            text.parse()
+                .map_err(|e| Failure::new(Reason::InvalidSpec, format!("spec.retention: {e}")))
+        })
+        .transpose()
+}
+
+/// Applies `policy` to `series` after a saved snapshot; returns the note for the message.
+/// A failure is only noted: the snapshot is saved, and retention runs again next time.
+pub fn apply_retention(repo: &Repository, policy: &RetentionPolicy, series: &Series) -> String {
+    match crate::forget::forget(repo, &forget_options(policy, series)) {
+        Ok(d) => {
+            let removed: usize = d.iter().map(|s| s.remove.len()).sum();
+            format!("; retention removed {removed} snapshot(s)")
+        }
+        Err(e) => format!("; retention failed: {e}"),
+    }
 }
 
 /// One restore to run.

@@ -48,9 +48,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use podvault_proto::crd::OperationStatus;
 use podvault_proto::k8s::{
-    BACKUP_COMMAND, BACKUP_COMMAND_CONTAINER, BACKUP_COMMAND_FILENAME, BACKUP_COMMAND_TIMEOUT,
-    HOOK_COMMAND, HOOK_CONTAINER, HOOK_ON_ERROR, HOOK_TIMEOUT, POST_HOOK_PREFIX, PRE_HOOK_PREFIX,
-    VELERO_POST_HOOK_PREFIX, VELERO_PRE_HOOK_PREFIX,
+    BACKUP_COMMAND, BACKUP_COMMAND_CONTAINER, BACKUP_COMMAND_TIMEOUT, HOOK_COMMAND, HOOK_CONTAINER,
+    HOOK_ON_ERROR, HOOK_TIMEOUT, POST_HOOK_PREFIX, PRE_HOOK_PREFIX, VELERO_POST_HOOK_PREFIX,
+    VELERO_PRE_HOOK_PREFIX,
 };
 
 use super::exec::{exec, ExecOutput, ExecSpec, Exit, Stdout};
@@ -219,14 +219,9 @@ pub enum HookError {
         /// The annotation.
         annotation: String,
     },
-    /// The dump file name is not one plain file name.
-    #[error("annotation {annotation}: bad file name {value:?} (want one path component)")]
-    BadFilename {
-        /// The annotation.
-        annotation: String,
-        /// Its value.
-        value: String,
-    },
+    /// The dump's name is unusable.
+    #[error(transparent)]
+    BadFilename(#[from] podvault_proto::k8s::DumpNameError),
 }
 
 /// A hook command: a JSON array of strings, or one bare word.
@@ -347,10 +342,12 @@ pub fn parse_dump(
     annotations: &BTreeMap<String, String>,
     pod: &str,
     containers: &[String],
+    volumes: &[String],
 ) -> Result<Option<DumpCommand>, HookError> {
     let Some(value) = annotations.get(BACKUP_COMMAND) else {
         return Ok(None);
     };
+    let filename = podvault_proto::k8s::dump_name(annotations, pod, volumes)?.unwrap_or_default();
     let command = if value.trim().starts_with('[') {
         parse_command(BACKUP_COMMAND, value)?
     } else if value.trim().is_empty() {
@@ -365,19 +362,6 @@ pub fn parse_dump(
         annotations.get(BACKUP_COMMAND_CONTAINER),
         containers,
     )?;
-    let filename = match annotations.get(BACKUP_COMMAND_FILENAME) {
-        None => format!("{pod}.dump"),
-        Some(f) => {
-            let f = f.trim();
-            if f.is_empty() || f == "." || f == ".." || f.contains('/') || f.contains('\0') {
-                return Err(HookError::BadFilename {
-                    annotation: BACKUP_COMMAND_FILENAME.into(),
-                    value: f.to_string(),
-                });
-            }
-            f.to_string()
-        }
-    };
     let timeout = parse_timeout(
         BACKUP_COMMAND_TIMEOUT,
         annotations.get(BACKUP_COMMAND_TIMEOUT),
@@ -441,8 +425,17 @@ pub fn exec_plan(pod: &Pod, node: &str, allow_exec: bool) -> Result<PodHooks, Fa
         .unwrap_or_default();
     let invalid = |e: HookError| Failure::new(Reason::InvalidHook, format!("pod {ns}/{name}: {e}"));
     // A bad dump annotation is reported too, even though this backup is a volume's.
-    parse_dump(annotations, name, &containers).map_err(invalid)?;
+    parse_dump(annotations, name, &containers, &volume_names(pod)).map_err(invalid)?;
     parse_hooks(annotations, &containers).map_err(invalid)
+}
+
+/// The names in the pod's `spec.volumes`.
+pub fn volume_names(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .map(|vs| vs.iter().map(|v| v.name.clone()).collect())
+        .unwrap_or_default()
 }
 
 /// The failure a hook's run amounts to, `None` when it exited 0.
@@ -579,6 +572,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use podvault_proto::k8s::BACKUP_COMMAND_FILENAME;
     use std::sync::Mutex;
 
     use k8s_openapi::api::core::v1::{Container, PodSpec};
@@ -681,7 +675,7 @@ mod tests {
     #[test]
     fn dump_annotations() {
         let a = ann(&[(BACKUP_COMMAND, "pg_dumpall -U postgres")]);
-        let d = parse_dump(&a, "pg-0", &containers()).unwrap().unwrap();
+        let d = parse_dump(&a, "pg-0", &containers(), &[]).unwrap().unwrap();
         assert_eq!(d.command, vec!["/bin/sh", "-c", "pg_dumpall -U postgres"]);
         assert_eq!(
             (d.container.as_str(), d.filename.as_str()),
@@ -693,7 +687,7 @@ mod tests {
             (BACKUP_COMMAND_FILENAME, "app.sql"),
             (BACKUP_COMMAND_TIMEOUT, "3h"),
         ]);
-        let d = parse_dump(&a, "pg-0", &containers()).unwrap().unwrap();
+        let d = parse_dump(&a, "pg-0", &containers(), &[]).unwrap().unwrap();
         assert_eq!(d.command, vec!["pg_dump", "app"]);
         assert_eq!(d.filename, "app.sql");
         assert_eq!(d.timeout, Duration::from_secs(3 * 3600));
@@ -701,10 +695,20 @@ mod tests {
             &ann(&[(BACKUP_COMMAND, "x"), (BACKUP_COMMAND_FILENAME, "../etc")]),
             "p",
             &containers(),
+            &[],
         )
         .unwrap_err();
         assert!(e.to_string().contains(BACKUP_COMMAND_FILENAME), "{e}");
-        assert_eq!(parse_dump(&ann(&[]), "p", &containers()), Ok(None));
+        let e = parse_dump(
+            &ann(&[(BACKUP_COMMAND, "x"), (BACKUP_COMMAND_FILENAME, "data")]),
+            "p",
+            &containers(),
+            &["data".to_string()],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("volumes"), "{e}");
+        assert!(e.to_string().contains(BACKUP_COMMAND_FILENAME), "{e}");
+        assert_eq!(parse_dump(&ann(&[]), "p", &containers(), &[]), Ok(None));
     }
 
     fn pod(node: &str, pairs: &[(&str, &str)]) -> Pod {

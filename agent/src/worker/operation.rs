@@ -22,7 +22,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use podvault_proto::crd::{
-    OperationStatus, Phase, PodVolumeBackup, PodVolumeRestore, VolumeOperation,
+    OperationStatus, Phase, PodVolumeBackup, PodVolumeBackupSpec, PodVolumeRestore, VolumeOperation,
 };
 use podvault_proto::k8s::{Series, ANNOTATION_SERIES, FINALIZER};
 use serde::de::DeserializeOwned;
@@ -56,6 +56,10 @@ pub trait Operation:
     const ACTION: &'static str;
     /// True when the operation writes to the repository (and may create it on first use).
     const WRITES_REPOSITORY: bool;
+    /// The spec of a PodVolumeBackup that asks for the pod's logical dump, not a volume.
+    fn dump_spec(&self) -> Option<&PodVolumeBackupSpec> {
+        None
+    }
     /// Runs the engine for this claimed object (blocking; call on a blocking thread).
     fn execute(
         &self,
@@ -71,6 +75,9 @@ impl Operation for PodVolumeBackup {
     const KIND: &'static str = "backup";
     const ACTION: &'static str = "Backup";
     const WRITES_REPOSITORY: bool = true;
+    fn dump_spec(&self) -> Option<&PodVolumeBackupSpec> {
+        self.spec.dump.then_some(&self.spec)
+    }
     fn execute(
         &self,
         p: Prepared,
@@ -417,7 +424,8 @@ pub async fn run_operation<K: Operation>(
         &ctx,
         &ns,
         obj.pod_name(),
-        obj.volume(),
+        // A dump reads no volume.
+        obj.dump_spec().is_none().then(|| obj.volume()),
         obj.repository(),
         K::WRITES_REPOSITORY,
     )
@@ -444,6 +452,20 @@ pub async fn run_operation<K: Operation>(
                     progress.clone(),
                     ctx.progress_interval,
                 );
+                if let Some(spec) = obj.dump_spec() {
+                    let report = super::dump::execute_dump(
+                        ctx.client.clone(),
+                        &ctx.node.node,
+                        spec,
+                        p,
+                        &base,
+                        progress,
+                        run.cancel.clone(),
+                    )
+                    .await;
+                    ticker.abort();
+                    return report;
+                }
                 let task = {
                     let (ctx, obj, base, progress, cancel) = (
                         ctx.clone(),

@@ -98,11 +98,13 @@ pub async fn pod(ctx: &Agent, ns: &str, name: &str) -> Result<Option<Pod>, kube:
 
 /// Fetches the pod (waiting while a Pending pod's volume is not mounted yet), the bound PV,
 /// and the repository settings; for backups (`create`), makes sure the repository exists.
+/// `volume` is `None` for a logical dump, which reads no volume (the pod must still be
+/// on this node).
 pub async fn prepare(
     ctx: &Agent,
     ns: &str,
     pod_name: &str,
-    volume: &str,
+    volume: Option<&str>,
     repository: Option<&str>,
     create: bool,
 ) -> Result<Prepared, Failure> {
@@ -144,6 +146,9 @@ pub async fn prepare(
                 Reason::PodNotFound,
                 format!("pod {ns}/{pod_name} not found"),
             ));
+        };
+        let Some(volume) = volume else {
+            break (pod, None);
         };
         let pv = bound_pv(ctx, ns, &pod, volume).await?;
         let pending = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");

@@ -127,6 +127,51 @@ pub fn retention(
     Ok(Some(policy))
 }
 
+/// A [`BACKUP_COMMAND_FILENAME`] the agent cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("annotation {annotation}: {value:?} {why}", annotation = BACKUP_COMMAND_FILENAME)]
+pub struct DumpNameError {
+    /// The name given (or defaulted).
+    pub value: String,
+    /// What is wrong with it.
+    pub why: &'static str,
+}
+
+/// The name a pod's logical dump gets in its snapshots, which also names its series
+/// (`<namespace>/pod/<pod>/<name>`): the [`BACKUP_COMMAND_FILENAME`] annotation, else
+/// `<pod>.dump`. `Ok(None)` when the pod has no [`BACKUP_COMMAND`]. The name must be one path
+/// component, at most 255 bytes, and not the name of one of the pod's volumes (their series
+/// would mix).
+pub fn dump_name(
+    annotations: &BTreeMap<String, String>,
+    pod: &str,
+    volumes: &[String],
+) -> Result<Option<String>, DumpNameError> {
+    if !annotations.contains_key(BACKUP_COMMAND) {
+        return Ok(None);
+    }
+    let value = match annotations.get(BACKUP_COMMAND_FILENAME) {
+        Some(f) => f.trim().to_string(),
+        None => format!("{pod}.dump"),
+    };
+    let bad = |why| {
+        Err(DumpNameError {
+            value: value.clone(),
+            why,
+        })
+    };
+    if value.is_empty() || value == "." || value == ".." || value.contains(['/', '\0']) {
+        return bad("is not one plain file name");
+    }
+    if value.len() > 255 {
+        return bad("is longer than 255 bytes");
+    }
+    if volumes.contains(&value) {
+        return bad("is also the name of one of the pod's volumes");
+    }
+    Ok(Some(value))
+}
+
 /// The [`LABEL_NODE`] value for node `node`: the name itself when it is a valid label value
 /// (at most 63 characters), else `h-` and 16 hex digits of a stable FNV-1a hash of it.
 pub fn node_label_value(node: &str) -> String {

@@ -91,6 +91,16 @@ impl Series {
         })
     }
 
+    /// The series of the logical dump named `name` (see [`super::dump_name`]) of `pod`.
+    pub fn of_pod_dump(pod: &Pod, name: &str) -> Self {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        Series::pod_volume(
+            namespace,
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            name,
+        )
+    }
+
     /// `pod` or `pvc`.
     pub fn kind(&self) -> &'static str {
         match self.source {
@@ -170,6 +180,23 @@ pub fn snapshot_tags(pod: &Pod, volume: &str, node: &str) -> Result<Vec<String>,
     tags.push(format!("volume={volume}"));
     tags.push(format!("node={node}"));
     Ok(tags)
+}
+
+/// The tags the agent records on a logical dump named `name` of `pod`, taken on `node`:
+/// `series=…`, `namespace=…`, `pod=…`, `pod-uid=…`, `dump=…`, `node=…`.
+pub fn dump_snapshot_tags(pod: &Pod, name: &str, node: &str) -> Vec<String> {
+    let series = Series::of_pod_dump(pod, name);
+    vec![
+        series.tag(),
+        format!("namespace={}", series.namespace),
+        format!("pod={}", pod.metadata.name.as_deref().unwrap_or_default()),
+        format!(
+            "pod-uid={}",
+            pod.metadata.uid.as_deref().unwrap_or_default()
+        ),
+        format!("dump={name}"),
+        format!("node={node}"),
+    ]
 }
 
 /// FNV-1a, 64 bit: tiny, dependency-free and fixed forever (labels depend on it).
