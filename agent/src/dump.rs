@@ -91,6 +91,15 @@ pub fn dump(
     Ok(written)
 }
 
+/// Checks that the regular file at `path` in `snapshot` can be dumped — it exists, every
+/// chunk is indexed and the sizes add up — without reading its data; returns its size.
+pub fn dump_size(repo: &Repository, snapshot: &Snapshot, path: &str) -> Result<u64> {
+    let index = repo.load_index()?;
+    let node = find_file(repo, &index, snapshot, path)?;
+    locate(&index, &node, path)?;
+    Ok(node.size)
+}
+
 /// Finds the node of the regular file at `path` in the snapshot.
 fn find_file(
     repo: &Repository,

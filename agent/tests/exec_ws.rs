@@ -35,6 +35,10 @@ struct Seen {
     hang_closed: AtomicBool,
     /// Stdout bytes the `big` command has handed to the socket so far.
     big_sent: AtomicU64,
+    /// Standard input the `count*` commands received: bytes, whether every byte matched the
+    /// `big` pattern, and how it ended (`Some(true)`: the v5 close of stdin, `Some(false)`:
+    /// the connection went away first).
+    stdin: Mutex<(u64, bool, Option<bool>)>,
 }
 
 fn frame(channel: u8, data: &[u8]) -> Message {
@@ -61,11 +65,16 @@ async fn serve(listener: TcpListener, seen: Arc<Seen>) {
             // The handshake callback's signature is tungstenite's.
             #[allow(clippy::result_large_err)]
             let callback = move |req: &Request, mut resp: Response| {
-                *p.lock().unwrap() = req.uri().to_string();
-                resp.headers_mut().insert(
-                    "Sec-WebSocket-Protocol",
-                    "v4.channel.k8s.io".parse().unwrap(),
-                );
+                let uri = req.uri().to_string();
+                // Commands reading stdin need v5, the version that can close stdin alone.
+                let protocol = if uri.contains("command=count") {
+                    "v5.channel.k8s.io"
+                } else {
+                    "v4.channel.k8s.io"
+                };
+                *p.lock().unwrap() = uri;
+                resp.headers_mut()
+                    .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
                 Ok(resp)
             };
             let mut ws = tokio_tungstenite::accept_hdr_async(tcp, callback)
@@ -114,6 +123,49 @@ async fn serve(listener: TcpListener, seen: Arc<Seen>) {
                         seen.big_sent.store(off, Ordering::SeqCst);
                     }
                     ws.send(frame(3, SUCCESS.as_bytes())).await.unwrap();
+                }
+                "count" | "count-fail" => {
+                    *seen.stdin.lock().unwrap() = (0, true, None);
+                    let mut clean = false;
+                    while let Some(Ok(msg)) = ws.next().await {
+                        let Message::Binary(data) = msg else { continue };
+                        match data.first() {
+                            Some(0) => {
+                                let mut st = seen.stdin.lock().unwrap();
+                                for b in &data[1..] {
+                                    st.1 &= *b == big_byte(st.0);
+                                    st.0 += 1;
+                                }
+                            }
+                            Some(255) if data.get(1) == Some(&0) => {
+                                clean = true;
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                    seen.stdin.lock().unwrap().2 = Some(clean);
+                    if !clean {
+                        return;
+                    }
+                    if command == "count" {
+                        let n = seen.stdin.lock().unwrap().0;
+                        ws.send(frame(1, format!("got {n}\n").as_bytes()))
+                            .await
+                            .unwrap();
+                        ws.send(frame(3, SUCCESS.as_bytes())).await.unwrap();
+                    } else {
+                        ws.send(frame(2, b"ERROR: relation \"t\" already exists\n"))
+                            .await
+                            .unwrap();
+                        ws.send(frame(3, EXIT_3.as_bytes())).await.unwrap();
+                    }
+                }
+                "count-early" => {
+                    ws.send(frame(2, b"psql: error: connection refused\n"))
+                        .await
+                        .unwrap();
+                    ws.send(frame(3, EXIT_3.as_bytes())).await.unwrap();
                 }
                 other => panic!("the stand-in has no command {other:?}"),
             }
@@ -492,5 +544,141 @@ async fn execute_dump_writes_a_snapshot_only_for_a_complete_dump() {
         snapshots().await.0.len(),
         1,
         "only the complete dump was stored"
+    );
+}
+
+fn restore_spec(volume: &str, word: &str) -> podvault_proto::crd::PodVolumeRestoreSpec {
+    serde_yaml::from_str(&format!(
+        "{{pod: pg-0, volume: {volume}, snapshot: {{latest: {{}}}}, dump: {{command: [{word}], container: db, timeout: 10m}}}}"
+    ))
+    .unwrap()
+}
+
+/// The way back: a PodVolumeRestore with `spec.dump` streams the stored dump into the
+/// restore command's standard input and closes it (EOF) only after the whole dump; a failing
+/// command, one that quits early, a cancel, and a name the snapshot does not have each fail
+/// with a reason, and a cut-off input is never closed as if it were complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execute_dump_restore_streams_the_whole_dump_then_closes_stdin() {
+    use podvault::progress::Progress;
+    use podvault::worker::dump::{execute_dump, execute_dump_restore};
+    use podvault::worker::prepare::Prepared;
+    use podvault_proto::crd::{OperationStatus, Phase};
+
+    let (client, seen) = stand_in().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = serde_yaml::from_str(&format!(
+        "backend: {{fs: {{path: {}}}}}\npasswordSecret: {{name: pw, key: password}}\n",
+        dir.path().join("repo").display()
+    ))
+    .unwrap();
+    let pw = [("password".to_string(), b"dump-pass".to_vec())].into();
+    let repo = podvault::worker::repo::settings("default", &spec, &pw, None).unwrap();
+    let prepared = || Prepared {
+        pod: dump_pod("big"),
+        pv: None,
+        repo: repo.clone(),
+    };
+    let stored = execute_dump(
+        client.clone(),
+        "node-a",
+        &dump_spec("all.sql"),
+        prepared(),
+        &OperationStatus::default(),
+        Arc::new(Progress::default()),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await;
+    assert_eq!(
+        stored.status.phase,
+        Some(Phase::Completed),
+        "{:?}",
+        stored.status
+    );
+    let restore = |volume: &'static str, word: &'static str, cancel: bool| {
+        let client = client.clone();
+        let p = prepared();
+        async move {
+            execute_dump_restore(
+                client,
+                "shop",
+                &restore_spec(volume, word),
+                p,
+                &OperationStatus::default(),
+                Arc::new(Progress::default()),
+                Arc::new(AtomicBool::new(cancel)),
+            )
+            .await
+        }
+    };
+
+    let ok = restore("all.sql", "count", false).await;
+    assert_eq!(ok.status.phase, Some(Phase::Completed), "{:?}", ok.status);
+    assert_eq!(ok.status.snapshot_id, stored.status.snapshot_id);
+    let m = ok.status.message.clone().unwrap();
+    assert!(
+        m.contains(&format!("({BIG} bytes)")) && m.contains("exit code 0"),
+        "{m}"
+    );
+    assert_eq!(
+        *seen.stdin.lock().unwrap(),
+        (BIG, true, Some(true)),
+        "the whole dump, byte for byte, then the close of stdin"
+    );
+
+    let failed = restore("all.sql", "count-fail", false).await;
+    assert_eq!(failed.status.phase, Some(Phase::Failed));
+    assert_eq!(
+        failed.status.reason.as_deref(),
+        Some("restore_command_failed")
+    );
+    let m = failed.status.message.unwrap();
+    assert!(
+        m.contains("exit code 3") && m.contains("already exists"),
+        "{m}"
+    );
+
+    let early = restore("all.sql", "count-early", false).await;
+    assert_eq!(early.status.phase, Some(Phase::Failed));
+    assert_eq!(
+        early.status.reason.as_deref(),
+        Some("restore_command_failed")
+    );
+    let m = early.status.message.unwrap();
+    assert!(m.contains("connection refused"), "{m}");
+
+    let canceled = restore("all.sql", "count", true).await;
+    assert_eq!(
+        canceled.status.phase,
+        Some(Phase::Canceled),
+        "{:?}",
+        canceled.status
+    );
+    // The stand-in notices the closed connection on its own time.
+    let mut end = None;
+    for _ in 0..100 {
+        end = seen.stdin.lock().unwrap().2;
+        if end.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        end,
+        Some(false),
+        "a canceled restore closes the connection, never stdin alone"
+    );
+
+    let calls = seen.paths.lock().unwrap().len();
+    let missing = restore("nope.sql", "count", false).await;
+    assert_eq!(missing.status.phase, Some(Phase::Failed));
+    assert!(
+        missing.status.message.unwrap().contains("nope.sql"),
+        "names the missing dump"
+    );
+    assert_eq!(
+        seen.paths.lock().unwrap().len(),
+        calls,
+        "the command is not started for a dump the snapshot does not have"
     );
 }

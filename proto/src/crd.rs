@@ -175,6 +175,22 @@ pub struct PodVolumeBackupSpec {
     pub cancel: bool,
 }
 
+/// How a PodVolumeRestore feeds a logical dump back to the application.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DumpRestore {
+    /// The restore command (argv), run in the container through `pods/exec` with the dump on
+    /// its standard input, e.g. `["psql","-U","postgres","-v","ON_ERROR_STOP=1"]`.
+    #[schemars(length(min = 1))]
+    pub command: Vec<String>,
+    /// Container to run it in; the pod's first container when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// How long it may run (`30m`, `2h`); 1 h when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
 /// Observed state of a [`PodVolumeBackup`] (the status both operation kinds share).
 pub type PodVolumeBackupStatus = OperationStatus;
 
@@ -332,8 +348,8 @@ pub struct PodVolumeRestoreSpec {
     /// a `podvault restore-wait` init container).
     #[schemars(length(min = 1, max = 253))]
     pub pod: String,
-    /// Name of the target volume in the pod's `spec.volumes`.
-    #[schemars(length(min = 1, max = 63))]
+    /// Name of the target volume in the pod's `spec.volumes`; with `dump`, the dump's name.
+    #[schemars(length(min = 1, max = 255))]
     pub volume: String,
     /// The snapshot to restore.
     pub snapshot: SnapshotSelector,
@@ -346,6 +362,10 @@ pub struct PodVolumeRestoreSpec {
     /// Merge into the volume (default) or also delete files the snapshot does not have.
     #[serde(default)]
     pub mode: RestoreMode,
+    /// Stream a logical dump into a command in the pod instead of restoring files: `volume`
+    /// is then the dump's file name in the snapshot (and, with `snapshot.latest`, its series).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump: Option<DumpRestore>,
     /// Set to true to stop the restore; an unfinished restore then ends as Canceled.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel: bool,
@@ -620,7 +640,10 @@ mod tests {
             phases,
             &serde_json::json!(["New", "InProgress", "Completed", "Failed", "Canceled"])
         );
-        assert_eq!(schema["spec"]["properties"]["volume"]["maxLength"], 63);
+        assert_eq!(
+            schema["spec"]["properties"]["volume"]["maxLength"], 255,
+            "a file name: the dump's with spec.dump"
+        );
         assert_eq!(
             schema["spec"]["required"],
             serde_json::json!(["pod", "volume"])

@@ -348,7 +348,8 @@ pub fn restore_series(
     if let Some(claim) = &sel.claim {
         return Ok(Series::claim(ns, claim));
     }
-    if sel.pod.is_some() || sel.volume.is_some() {
+    // A dump's series is named by the dump, which is not a volume of the pod.
+    if sel.pod.is_some() || sel.volume.is_some() || spec.dump.is_some() {
         return Ok(Series::pod_volume(
             ns,
             sel.pod.as_deref().unwrap_or(&spec.pod),
@@ -693,6 +694,14 @@ status: {{phase: {phase}}}
         assert_eq!(
             restore_series(&spec, "shop", &p).unwrap().key(),
             "shop/pod/web-0/scratch"
+        );
+        // A dump is not a volume of the pod: its series is named by the dump.
+        let mut dump = spec.clone();
+        dump.volume = "all.sql".into();
+        dump.dump = Some(Default::default());
+        assert_eq!(
+            restore_series(&dump, "shop", &p).unwrap().key(),
+            "shop/pod/web-0/all.sql"
         );
         spec.snapshot.latest = Some(SeriesSelector {
             namespace: Some("other".into()),

@@ -13,16 +13,23 @@
 //! [`crate::archiver::backup_stream`]; [`execute_dump`] runs a PodVolumeBackup with
 //! `spec.dump` (the controller creates one per tick for a pod with a backup command) and
 //! turns the result into its final status, like a volume backup's.
+//!
+//! [`execute_dump_restore`] is the way back: a PodVolumeRestore with `spec.dump` streams the
+//! dump file of a snapshot into a restore command in the pod (`psql`), through `pods/exec`
+//! with standard input. The command sees EOF only after the whole dump was read and
+//! verified; a dump that cannot be read to its end closes the connection instead, so the
+//! command never mistakes a cut-off dump for a complete one (what it applied before that is
+//! the command's business: use `psql --single-transaction -v ON_ERROR_STOP=1`).
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use podvault_proto::crd::{OperationStatus, PodVolumeBackupSpec};
+use podvault_proto::crd::{OperationStatus, PodVolumeBackupSpec, PodVolumeRestoreSpec};
 use podvault_proto::k8s::{dump_snapshot_tags, Series, BACKUP_COMMAND, BACKUP_COMMAND_FILENAME};
 
-use super::exec::{run_streamed, ExecSpec, Exit, StreamReader};
+use super::exec::{exec_io, run_streamed, ExecSpec, Exit, Stdin, Stdout, StreamReader};
 use super::hooks::DumpCommand;
 use super::outcome::{Failure, Reason, Report};
 use super::prepare::Prepared;
@@ -213,4 +220,247 @@ pub fn dump_of(pod: &Pod) -> Result<Option<DumpCommand>, Failure> {
         &super::hooks::volume_names(pod),
     )
     .map_err(|e| Failure::new(Reason::InvalidHook, e.to_string()))
+}
+
+/// Default time a restore command may run.
+pub const DEFAULT_RESTORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Largest stdin message sent to the API server.
+const STDIN_PIECE: usize = 64 * 1024;
+
+/// A blocking [`std::io::Write`] that hands its bytes to an exec's standard input. A failed
+/// send means the command's connection is gone; `gone` records that, so a write error can be
+/// told apart from a failure to read the dump.
+struct StdinWriter {
+    tx: tokio::sync::mpsc::Sender<Stdin>,
+    gone: Arc<AtomicBool>,
+}
+
+impl std::io::Write for StdinWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(STDIN_PIECE);
+        if self
+            .tx
+            .blocking_send(Stdin::Data(bytes::Bytes::copy_from_slice(&buf[..n])))
+            .is_err()
+        {
+            self.gone.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the restore command's connection is closed",
+            ));
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs a PodVolumeRestore with `spec.dump`: the snapshot's file `spec.volume` is streamed
+/// into the restore command in the pod's container through `pods/exec`. Completed only when
+/// the whole dump was sent and the command exited 0. Returns the final status.
+pub async fn execute_dump_restore(
+    client: Client,
+    namespace: &str,
+    spec: &PodVolumeRestoreSpec,
+    p: Prepared,
+    base: &OperationStatus,
+    progress: Arc<Progress>,
+    cancel: Arc<AtomicBool>,
+) -> Report {
+    let mut report = Report::pending(base);
+    let outcome = run_dump_restore(
+        client,
+        namespace,
+        spec,
+        p,
+        &mut report,
+        progress.clone(),
+        cancel,
+    )
+    .await;
+    report.finish(
+        outcome,
+        &progress,
+        "canceled; the restore command's connection was closed before the end of the dump \
+         (it may have applied part of it)",
+        super::execute::now(),
+    );
+    report
+}
+
+async fn run_dump_restore(
+    client: Client,
+    namespace: &str,
+    spec: &PodVolumeRestoreSpec,
+    p: Prepared,
+    report: &mut Report,
+    progress: Arc<Progress>,
+    cancel: Arc<AtomicBool>,
+) -> Result<String, Failure> {
+    let Some(d) = spec.dump.clone() else {
+        return Err(Failure::new(Reason::InvalidSpec, "spec.dump is not set"));
+    };
+    let pod_name = p.pod.metadata.name.clone().unwrap_or_default();
+    let invalid = |m: String| Failure::new(Reason::InvalidSpec, m);
+    if d.command.is_empty() {
+        return Err(invalid("spec.dump.command is empty".into()));
+    }
+    let containers: Vec<String> = p
+        .pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default();
+    let container = match &d.container {
+        Some(c) if containers.contains(c) => c.clone(),
+        Some(c) => {
+            return Err(invalid(format!(
+                "spec.dump.container {c:?} is not a container of pod {namespace}/{pod_name} \
+                 (it has {containers:?})"
+            )))
+        }
+        None => containers
+            .first()
+            .cloned()
+            .ok_or_else(|| invalid(format!("pod {namespace}/{pod_name} has no container")))?,
+    };
+    let timeout = match &d.timeout {
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| invalid(format!("spec.dump.timeout {t:?}: {e}")))?,
+        None => DEFAULT_RESTORE_TIMEOUT,
+    };
+    spec.snapshot
+        .validate()
+        .map_err(|e| Failure::new(Reason::InvalidSpec, e))?;
+
+    // Pick the snapshot and check the dump is there before starting the command.
+    let (settings, job_spec, ns, pod) = (
+        p.repo.clone(),
+        spec.clone(),
+        namespace.to_string(),
+        p.pod.clone(),
+    );
+    let (repo, id, snapshot) = tokio::task::spawn_blocking(move || {
+        let repo = super::repo::open_repository(&settings, false)
+            .map_err(|e| Failure::engine(&format!("BackupRepository {}", settings.name), &e))?;
+        let (id, snapshot) =
+            super::execute::restore_snapshot(&repo, &job_spec, &ns, &pod, &settings)?;
+        crate::dump::dump_size(&repo, &snapshot, &job_spec.volume).map_err(|e| {
+            Failure::engine(
+                &format!(
+                    "dump {:?} of snapshot {}",
+                    job_spec.volume,
+                    &id.to_hex()[..8]
+                ),
+                &e,
+            )
+        })?;
+        Ok::<_, Failure>((repo, id, snapshot))
+    })
+    .await
+    .map_err(|e| Failure::new(Reason::Panic, format!("the restore task failed: {e}")))??;
+    let hex = id.to_hex();
+    report.status.set_snapshot(&hex);
+
+    let (tx, rx) = tokio::sync::mpsc::channel(super::exec::STREAM_CHUNKS);
+    let gone = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let (gone, cancel, progress, name) = (
+            gone.clone(),
+            cancel.clone(),
+            progress.clone(),
+            spec.volume.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let mut w = Counting {
+                inner: StdinWriter {
+                    tx: tx.clone(),
+                    gone,
+                },
+                progress,
+            };
+            let n = crate::dump::dump(&repo, &snapshot, &name, &mut w, &cancel)?;
+            // Complete: only now may the command see EOF.
+            let _ = tx.blocking_send(Stdin::End);
+            Ok::<u64, crate::Error>(n)
+        })
+    };
+    let exec_spec = ExecSpec {
+        namespace: namespace.to_string(),
+        pod: pod_name.clone(),
+        container: container.clone(),
+        command: d.command.clone(),
+        timeout,
+    };
+    let out = exec_io(&client, &exec_spec, Stdout::Tail, Some(rx)).await;
+    let fed = feeder
+        .await
+        .map_err(|e| Failure::new(Reason::Panic, format!("the dump reader failed: {e}")))?;
+    let what = format!(
+        "restore command {} in container {container:?} of pod {namespace}/{pod_name}",
+        serde_json::to_string(&d.command).unwrap_or_default()
+    );
+    let stderr = out.stderr_text();
+    let stderr = if stderr.is_empty() {
+        String::new()
+    } else {
+        let cut = stderr.len().saturating_sub(super::hooks::MESSAGE_STDERR);
+        let cut = (cut..=stderr.len())
+            .find(|i| stderr.is_char_boundary(*i))
+            .unwrap_or(stderr.len());
+        format!("; stderr: {}", &stderr[cut..])
+    };
+    match fed {
+        Err(crate::Error::Canceled) => Err(Failure::new(Reason::Canceled, "canceled")),
+        // The command went away before taking the whole dump: its exit tells why.
+        Err(_) if gone.load(Ordering::Relaxed) => Err(Failure::new(
+            Reason::RestoreCommandFailed,
+            format!(
+                "{what} stopped before reading the whole dump ({}){stderr}; it may have \
+                 applied part of it",
+                out.exit
+            ),
+        )),
+        Err(e) => Err(Failure::new(
+            Reason::of_engine(&e),
+            format!(
+                "reading dump {:?} of snapshot {} failed: {e}; the restore command's connection \
+                 was closed before the end of its input (it may have applied part of it)",
+                spec.volume,
+                &hex[..8]
+            ),
+        )),
+        Ok(n) if out.exit.success() => Ok(format!(
+            "dump {:?} of snapshot {} ({n} bytes) streamed into {what}: exit code 0",
+            spec.volume,
+            &hex[..8]
+        )),
+        Ok(n) => Err(Failure::new(
+            Reason::RestoreCommandFailed,
+            format!(
+                "{what} failed after receiving the whole dump ({n} bytes): {}{stderr}",
+                out.exit
+            ),
+        )),
+    }
+}
+
+/// Counts the bytes written into `progress`.
+struct Counting<W> {
+    inner: W,
+    progress: Arc<Progress>,
+}
+
+impl<W: std::io::Write> std::io::Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        Progress::add(&self.progress.bytes_done, n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }

@@ -115,6 +115,15 @@ pub enum Chunk {
     End(Result<(), String>),
 }
 
+/// One piece of a command's standard input.
+#[derive(Debug)]
+pub enum Stdin {
+    /// Input bytes.
+    Data(Bytes),
+    /// The input is complete: close the command's standard input (it reads EOF).
+    End,
+}
+
 /// Where stdout goes.
 pub enum Stdout {
     /// Keep its last [`STDOUT_TAIL`] bytes.
@@ -224,13 +233,50 @@ async fn drain_stdout(
     }
 }
 
+/// Feeds `rx` into the command's standard input. `Ok(None)`: all of it, then EOF;
+/// `Ok(Some(why))`: the command stopped taking input (it exited or closed its stdin; its exit
+/// status tells the rest); `Err`: the input ended without [`Stdin::End`] — it is incomplete,
+/// so the connection must close without giving the command an EOF that looks like the end.
+async fn feed_stdin(
+    mut w: impl tokio::io::AsyncWrite + Unpin,
+    mut rx: mpsc::Receiver<Stdin>,
+) -> Result<Option<String>, String> {
+    use tokio::io::AsyncWriteExt;
+    while let Some(piece) = rx.recv().await {
+        match piece {
+            Stdin::Data(b) => {
+                if let Err(e) = w.write_all(&b).await {
+                    return Ok(Some(format!("it stopped reading its input: {e}")));
+                }
+            }
+            Stdin::End => {
+                // Dropping the writer closes the stream: EOF for the command.
+                let _ = w.shutdown().await;
+                return Ok(None);
+            }
+        }
+    }
+    Err("its input could not be produced completely; the connection was closed".into())
+}
+
 /// Runs `spec` through `pods/exec` and reports how it ended. Never returns early on a hung
 /// command: after `spec.timeout` the connection is closed and [`Exit::TimedOut`] returned.
 pub async fn exec(client: &Client, spec: &ExecSpec, stdout: Stdout) -> ExecOutput {
+    exec_io(client, spec, stdout, None).await
+}
+
+/// [`exec`] with `stdin` fed to the command's standard input. An input that ends without
+/// [`Stdin::End`] closes the connection at once (the exit is then unknown).
+pub async fn exec_io(
+    client: &Client,
+    spec: &ExecSpec,
+    stdout: Stdout,
+    stdin: Option<mpsc::Receiver<Stdin>>,
+) -> ExecOutput {
     let api: Api<Pod> = Api::namespaced(client.clone(), &spec.namespace);
     let params = AttachParams::default()
         .container(spec.container.clone())
-        .stdin(false)
+        .stdin(stdin.is_some())
         .stdout(true)
         .stderr(true)
         .max_stdout_buf_size(READ_SIZE)
@@ -256,17 +302,35 @@ pub async fn exec(client: &Client, spec: &ExecSpec, stdout: Stdout) -> ExecOutpu
         let (Some(o), Some(e), Some(status)) = (proc.stdout(), proc.stderr(), status) else {
             return Err("the exec connection has no stdout, stderr or status".to_string());
         };
+        let writer = match stdin.is_some() {
+            true => Some(
+                proc.stdin()
+                    .ok_or("the exec connection has no stdin".to_string())?,
+            ),
+            false => None,
+        };
+        let feed = async move {
+            match (writer, stdin) {
+                (Some(w), Some(rx)) => feed_stdin(w, rx).await,
+                _ => Ok(None),
+            }
+        };
         // Both pipes at once: the message loop blocks on whichever is full. When the
         // consumer of stdout goes away, stop at once: nobody reads stdout any more, so
         // stderr would never end either.
         let out = drain_stdout(o, &stdout, &out_tail, &count);
         let err = drain_tail(e, &err_tail);
-        tokio::pin!(out, err);
-        let mut err_done = false;
+        tokio::pin!(out, err, feed);
+        let (mut err_done, mut fed) = (false, false);
         let o = loop {
             tokio::select! {
                 o = &mut out => break o,
                 () = &mut err, if !err_done => err_done = true,
+                f = &mut feed, if !fed => {
+                    fed = true;
+                    // Incomplete input: close now (dropping `proc`), no EOF.
+                    f?;
+                }
             }
         };
         if o.is_err() {

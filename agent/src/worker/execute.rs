@@ -25,6 +25,8 @@ use super::repo::{open_or_init, open_repository, RepoSettings};
 use crate::error::Error;
 use crate::progress::Progress;
 use crate::repository::Repository;
+use podvault_proto::snapshot::Snapshot;
+use podvault_proto::SnapshotId;
 
 /// Where the executor finds the volume.
 #[derive(Debug, Clone)]
@@ -251,45 +253,9 @@ fn run_restore(
     status.host_path = Some(loc.path.display().to_string());
     let repo: Repository = open_repository(&job.repo, false)
         .map_err(|e| Failure::engine(&format!("BackupRepository {}", job.repo.name), &e))?;
-    let (id, snapshot) = match (&spec.snapshot.id, &spec.snapshot.latest) {
-        (Some(id), _) => repo
-            .find_snapshot(id)
-            .map_err(|e| Failure::engine(&format!("spec.snapshot.id {id}"), &e))?,
-        (None, _) => {
-            let series = restore_series(spec, &job.namespace, &job.pod)
-                .map_err(|e| Failure::new(Reason::InvalidSpec, e))?;
-            // Refuse before searching: the series' namespace alone decides.
-            check_restore_namespace(
-                &job.namespace,
-                &format!("latest of {series}"),
-                Some(&series.namespace),
-                &job.repo.name,
-                &job.repo.spec,
-            )
-            .map_err(|e| Failure::new(Reason::Isolation, e.to_string()))?;
-            repo.find_snapshot_where("latest", |s| s.has_tag(&series.tag()))
-                .map_err(|e| match e {
-                    Error::SnapshotNotFound(_) => Failure::new(
-                        Reason::SnapshotNotFound,
-                        format!(
-                            "series {series} has no snapshot in BackupRepository {}",
-                            job.repo.name
-                        ),
-                    ),
-                    e => Failure::engine(&format!("latest snapshot of {series}"), &e),
-                })?
-        }
-    };
+    let (id, snapshot) = restore_snapshot(&repo, spec, &job.namespace, &job.pod, &job.repo)?;
     let hex = id.to_hex();
     status.set_snapshot(&hex);
-    check_restore_namespace(
-        &job.namespace,
-        &hex,
-        snapshot_namespace(&snapshot.tags),
-        &job.repo.name,
-        &job.repo.spec,
-    )
-    .map_err(|e| Failure::new(Reason::Isolation, e.to_string()))?;
     let opts = restore_options(
         spec,
         &hex,
@@ -333,4 +299,54 @@ pub fn write_marker(volume_dir: &Path, uid: &str, snapshot: &str) -> Result<Path
     // Descriptor-relative, never through a symlink the pod put in its volume.
     super::restore_wait::put_marker(volume_dir, uid, snapshot)
         .map_err(|e| Failure::new(Reason::Io, format!("writing the completion marker: {e}")))
+}
+
+/// The snapshot `spec.snapshot` selects (by id, or the latest of a series), refused when the
+/// restore's namespace may not read it.
+pub fn restore_snapshot(
+    repo: &Repository,
+    spec: &PodVolumeRestoreSpec,
+    namespace: &str,
+    pod: &Pod,
+    settings: &RepoSettings,
+) -> Result<(SnapshotId, Snapshot), Failure> {
+    let (id, snapshot) = match (&spec.snapshot.id, &spec.snapshot.latest) {
+        (Some(id), _) => repo
+            .find_snapshot(id)
+            .map_err(|e| Failure::engine(&format!("spec.snapshot.id {id}"), &e))?,
+        (None, _) => {
+            let series = restore_series(spec, namespace, pod)
+                .map_err(|e| Failure::new(Reason::InvalidSpec, e))?;
+            // Refuse before searching: the series' namespace alone decides.
+            check_restore_namespace(
+                namespace,
+                &format!("latest of {series}"),
+                Some(&series.namespace),
+                &settings.name,
+                &settings.spec,
+            )
+            .map_err(|e| Failure::new(Reason::Isolation, e.to_string()))?;
+            repo.find_snapshot_where("latest", |s| s.has_tag(&series.tag()))
+                .map_err(|e| match e {
+                    Error::SnapshotNotFound(_) => Failure::new(
+                        Reason::SnapshotNotFound,
+                        format!(
+                            "series {series} has no snapshot in BackupRepository {}",
+                            settings.name
+                        ),
+                    ),
+                    e => Failure::engine(&format!("latest snapshot of {series}"), &e),
+                })?
+        }
+    };
+    let hex = id.to_hex();
+    check_restore_namespace(
+        namespace,
+        &hex,
+        snapshot_namespace(&snapshot.tags),
+        &settings.name,
+        &settings.spec,
+    )
+    .map_err(|e| Failure::new(Reason::Isolation, e.to_string()))?;
+    Ok((id, snapshot))
 }

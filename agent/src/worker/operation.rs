@@ -22,7 +22,8 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use podvault_proto::crd::{
-    OperationStatus, Phase, PodVolumeBackup, PodVolumeBackupSpec, PodVolumeRestore, VolumeOperation,
+    OperationStatus, Phase, PodVolumeBackup, PodVolumeBackupSpec, PodVolumeRestore,
+    PodVolumeRestoreSpec, VolumeOperation,
 };
 use podvault_proto::k8s::{Series, ANNOTATION_SERIES, FINALIZER};
 use serde::de::DeserializeOwned;
@@ -58,6 +59,10 @@ pub trait Operation:
     const WRITES_REPOSITORY: bool;
     /// The spec of a PodVolumeBackup that asks for the pod's logical dump, not a volume.
     fn dump_spec(&self) -> Option<&PodVolumeBackupSpec> {
+        None
+    }
+    /// The spec of a PodVolumeRestore that streams a dump into a command in the pod.
+    fn dump_restore_spec(&self) -> Option<&PodVolumeRestoreSpec> {
         None
     }
     /// Runs the engine for this claimed object (blocking; call on a blocking thread).
@@ -102,6 +107,9 @@ impl Operation for PodVolumeRestore {
     const KIND: &'static str = "restore";
     const ACTION: &'static str = "Restore";
     const WRITES_REPOSITORY: bool = false;
+    fn dump_restore_spec(&self) -> Option<&PodVolumeRestoreSpec> {
+        self.spec.dump.is_some().then_some(&self.spec)
+    }
     fn execute(
         &self,
         p: Prepared,
@@ -424,8 +432,8 @@ pub async fn run_operation<K: Operation>(
         &ctx,
         &ns,
         obj.pod_name(),
-        // A dump reads no volume.
-        obj.dump_spec().is_none().then(|| obj.volume()),
+        // A dump reads (and a dump restore writes) no volume.
+        (obj.dump_spec().is_none() && obj.dump_restore_spec().is_none()).then(|| obj.volume()),
         obj.repository(),
         K::WRITES_REPOSITORY,
     )
@@ -435,6 +443,16 @@ pub async fn run_operation<K: Operation>(
         let hooks = if K::WRITES_REPOSITORY {
             exec_plan(&p.pod, &ctx.node.node, ctx.allow_exec)?
         } else {
+            if obj.dump_restore_spec().is_some() && !ctx.allow_exec {
+                return Err(Failure::new(
+                    Reason::ExecNotAllowed,
+                    format!(
+                        "spec.dump needs pods/exec, but the agent on node {} runs without \
+                         --allow-exec (chart: agent.hooks.enabled)",
+                        ctx.node.node
+                    ),
+                ));
+            }
             PodHooks::default()
         };
         Ok((p, hooks))
@@ -456,6 +474,20 @@ pub async fn run_operation<K: Operation>(
                     let report = super::dump::execute_dump(
                         ctx.client.clone(),
                         &ctx.node.node,
+                        spec,
+                        p,
+                        &base,
+                        progress,
+                        run.cancel.clone(),
+                    )
+                    .await;
+                    ticker.abort();
+                    return report;
+                }
+                if let Some(spec) = obj.dump_restore_spec() {
+                    let report = super::dump::execute_dump_restore(
+                        ctx.client.clone(),
+                        &ns,
                         spec,
                         p,
                         &base,

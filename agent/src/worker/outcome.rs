@@ -75,6 +75,8 @@ pub enum Reason {
     HookTimeout,
     /// A backup command (logical dump) failed, timed out, or its output could not be saved.
     DumpFailed,
+    /// A restore command (PodVolumeRestore with `spec.dump`) failed or stopped reading.
+    RestoreCommandFailed,
     /// The pod's hook or backup-command annotations are malformed.
     InvalidHook,
     /// The pod has hook or backup-command annotations and the agent runs without
@@ -117,6 +119,7 @@ impl Reason {
             Reason::HookFailed => "hook_failed",
             Reason::HookTimeout => "hook_timeout",
             Reason::DumpFailed => "dump_failed",
+            Reason::RestoreCommandFailed => "restore_command_failed",
             Reason::InvalidHook => "invalid_hook",
             Reason::ExecNotAllowed => "exec_not_allowed",
         }
