@@ -33,6 +33,8 @@
 //! 12. pre/post hooks through `pods/exec` (RBAC; on-error Fail and Continue);
 //! 13. a pod with only a `backup-command` gets a scheduled dump PVB (`spec.dump`), which the
 //!     agent runs through `pods/exec` (no kubelet here: it fails as `dump_failed`, no snapshot).
+//! 14. a PVR with `spec.dump` is routed to the node's agent, finds its snapshot and runs the
+//!     restore command through `pods/exec` (no kubelet: `restore_command_failed`).
 
 use std::fs;
 use std::io::{BufReader, Read, Write};
@@ -1476,6 +1478,37 @@ fn podvault_against_a_real_api_server() {
         &ns,
         "backup.podvault.dev/backup-command-",
     ]);
+
+    // ----- 14 -----
+    // The way back: a PodVolumeRestore with spec.dump streams a file of a snapshot into a
+    // restore command in the pod. Again no kubelet: what is proved is the routing to the
+    // node's agent, the snapshot lookup, RBAC, and that a command that could not take the
+    // whole input fails the restore with reason restore_command_failed.
+    h.step(
+        "14",
+        "a PodVolumeRestore with spec.dump through pods/exec (no kubelet behind this API server)",
+    );
+    h.create(&json!({
+        "apiVersion": "podvault.dev/v1alpha1",
+        "kind": "PodVolumeRestore",
+        "metadata": {"name": "dump-back", "namespace": ns},
+        "spec": {"pod": "pg", "volume": "large-text.log", "snapshot": {"id": first_snapshot},
+                 "repository": h.repo_name,
+                 "dump": {"command": ["psql", "-U", "postgres"], "timeout": "20s"}},
+    }));
+    let v = h.wait_phase("pvr", "dump-back", "Failed", Duration::from_secs(90));
+    let (reason, message) = (s(&v, "/status/reason"), s(&v, "/status/message"));
+    assert_eq!(reason, "restore_command_failed", "status.reason: {message}");
+    assert!(
+        message.contains("psql") && !message.to_lowercase().contains("forbidden"),
+        "the message names the command and is not an RBAC refusal: {message:?}"
+    );
+    assert_eq!(s(&v, "/status/snapshotId"), first_snapshot);
+    assert_eq!(node_label(&v).as_deref(), Some(node_a.as_str()));
+    h.result(&format!(
+        "routed to {node_a}, snapshot {}, Failed, reason {reason}, message {message:?}",
+        &first_snapshot[..8]
+    ));
 
     h.assert_no_panics();
     let alive: Vec<String> = h

@@ -440,7 +440,7 @@ async fn run_dump_restore(
         Ok(n) => Err(Failure::new(
             Reason::RestoreCommandFailed,
             format!(
-                "{what} failed after receiving the whole dump ({n} bytes): {}{stderr}",
+                "{what} failed: {}{stderr} (the dump, {n} bytes, was read to its end)",
                 out.exit
             ),
         )),
