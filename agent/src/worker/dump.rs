@@ -69,14 +69,7 @@ pub async fn dump_with<T: Send + 'static>(
         if matches!(out.exit, Exit::TimedOut(_)) {
             message.push_str(" (connection closed; the process may still run in the container)");
         }
-        let stderr = out.stderr_text();
-        if !stderr.is_empty() {
-            let cut = stderr.len().saturating_sub(super::hooks::MESSAGE_STDERR);
-            let cut = (cut..=stderr.len())
-                .find(|i| stderr.is_char_boundary(*i))
-                .unwrap_or(stderr.len());
-            message.push_str(&format!("; stderr: {}", &stderr[cut..]));
-        }
+        message.push_str(&out.stderr_note());
         message.push_str("; no snapshot was written");
         return Err(Failure::new(Reason::DumpFailed, message));
     }
@@ -402,16 +395,7 @@ async fn run_dump_restore(
         "restore command {} in container {container:?} of pod {namespace}/{pod_name}",
         serde_json::to_string(&d.command).unwrap_or_default()
     );
-    let stderr = out.stderr_text();
-    let stderr = if stderr.is_empty() {
-        String::new()
-    } else {
-        let cut = stderr.len().saturating_sub(super::hooks::MESSAGE_STDERR);
-        let cut = (cut..=stderr.len())
-            .find(|i| stderr.is_char_boundary(*i))
-            .unwrap_or(stderr.len());
-        format!("; stderr: {}", &stderr[cut..])
-    };
+    let stderr = out.stderr_note();
     match fed {
         Err(crate::Error::Canceled) => Err(Failure::new(Reason::Canceled, "canceled")),
         // The command went away before taking the whole dump: its exit tells why.

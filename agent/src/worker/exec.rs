@@ -104,6 +104,20 @@ impl ExecOutput {
             .trim()
             .to_string()
     }
+
+    /// `; stderr: <its last MESSAGE_STDERR bytes>` for a status message, or nothing when
+    /// stderr was empty.
+    pub fn stderr_note(&self) -> String {
+        let stderr = self.stderr_text();
+        if stderr.is_empty() {
+            return String::new();
+        }
+        let mut cut = stderr.len().saturating_sub(super::hooks::MESSAGE_STDERR);
+        while !stderr.is_char_boundary(cut) {
+            cut += 1;
+        }
+        format!("; stderr: {}", &stderr[cut..])
+    }
 }
 
 /// One message of a stdout stream: a chunk, or the end with the command's verdict.

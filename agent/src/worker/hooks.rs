@@ -30,6 +30,9 @@
 //!   make hook commands idempotent.
 //! - a timed-out hook has its exec connection closed; the process in the container may
 //!   survive that unless the command bounds itself (e.g. `timeout 20 fsfreeze …`).
+//! - a cancel abandons a pre hook still running (its connection is closed, the backup is not
+//!   run, the PodVolumeBackup ends Canceled) and the post hook runs as always; a running post
+//!   hook is never interrupted — it is what undoes the pre hook.
 //! - hooks run only on the pod's own node's agent ([`exec_plan`] refuses a pod scheduled
 //!   elsewhere), and only when the agent runs with `--allow-exec`; without it a PodVolumeBackup
 //!   of a pod with hook or backup-command annotations fails with `exec_not_allowed` rather
@@ -447,23 +450,12 @@ pub fn hook_failure(hook: &Hook, pod_ref: &str, out: &ExecOutput) -> Option<Fail
         Exit::TimedOut(_) => Reason::HookTimeout,
         _ => Reason::HookFailed,
     };
-    let stderr = out.stderr_text();
-    let tail = &stderr[floor_char_boundary(&stderr, stderr.len().saturating_sub(MESSAGE_STDERR))..];
     let mut message = format!("{} of pod {pod_ref} failed: {}", hook.describe(), out.exit);
     if matches!(out.exit, Exit::TimedOut(_)) {
         message.push_str(" (connection closed; the process may still run in the container)");
     }
-    if !tail.is_empty() {
-        message.push_str(&format!("; stderr: {tail}"));
-    }
+    message.push_str(&out.stderr_note());
     Some(Failure::new(reason, message))
-}
-
-fn floor_char_boundary(s: &str, mut i: usize) -> usize {
-    while i < s.len() && !s.is_char_boundary(i) {
-        i += 1;
-    }
-    i
 }
 
 /// Runs hook commands (the seam tests replace).
@@ -513,7 +505,25 @@ where
     let mut notes = Vec::new();
     let mut stop: Option<Failure> = None;
     if let Some(pre) = &hooks.pre {
-        let out = runner.run(pre.exec_spec(ns, name)).await;
+        // A cancel abandons a pre hook still running (dropping it closes its connection);
+        // the post hook below runs all the same, so whatever the pre hook did is undone.
+        let out = tokio::select! {
+            biased;
+            out = runner.run(pre.exec_spec(ns, name)) => Some(out),
+            () = canceled(cancel) => None,
+        };
+        let Some(out) = out else {
+            let f = Failure::new(
+                Reason::Canceled,
+                format!(
+                    "canceled while the {} ran (its connection was closed); no snapshot was written",
+                    pre.describe()
+                ),
+            );
+            let mut report = Report::failed(base, f, now());
+            run_post(hooks, pod_ref, runner, &mut report).await;
+            return report;
+        };
         if let Some(f) = hook_failure(pre, pod_ref, &out) {
             match pre.on_error {
                 OnError::Fail => {
@@ -539,6 +549,21 @@ where
     for n in &notes {
         append(&mut report, n);
     }
+    run_post(hooks, pod_ref, runner, &mut report).await;
+    debug_assert!(report.result != OpResult::Completed || report.reason.is_none());
+    report
+}
+
+/// Resolves once `flag` is set (checked every 100 ms).
+async fn canceled(flag: &AtomicBool) {
+    while !flag.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the post hook, if any, and folds its failure into `report` (see the module doc).
+async fn run_post<R: HookRunner>(hooks: &PodHooks, pod_ref: &str, runner: &R, report: &mut Report) {
+    let (ns, name) = pod_ref.split_once('/').unwrap_or(("", pod_ref));
     if let Some(post) = &hooks.post {
         let out = runner.run(post.exec_spec(ns, name)).await;
         if let Some(f) = hook_failure(post, pod_ref, &out) {
@@ -556,17 +581,15 @@ where
                     failed.series = report.series.take();
                     failed.bytes_read = report.bytes_read;
                     failed.bytes_added = report.bytes_added;
-                    report = failed;
+                    *report = failed;
                 }
-                (OnError::Fail, false) => append(&mut report, &f.message),
+                (OnError::Fail, false) => append(report, &f.message),
                 (OnError::Continue, _) => {
-                    append(&mut report, &format!("{} (on-error Continue)", f.message))
+                    append(report, &format!("{} (on-error Continue)", f.message))
                 }
             }
         }
     }
-    debug_assert!(report.result != OpResult::Completed || report.reason.is_none());
-    report
 }
 
 #[cfg(test)]
@@ -766,13 +789,17 @@ mod tests {
     impl HookRunner for Script {
         fn run(&self, spec: ExecSpec) -> impl Future<Output = ExecOutput> + Send {
             self.log.lock().unwrap().push(spec.command[0].clone());
+            let block = spec.command[0] == "block";
             let exit = match spec.command[0].as_str() {
-                "ok" => Exit::Code(0),
+                "ok" | "block" => Exit::Code(0),
                 "fail" => Exit::Code(3),
                 "hang" => Exit::TimedOut(spec.timeout),
                 _ => Exit::Unknown("connection refused".into()),
             };
             async move {
+                if block {
+                    std::future::pending::<()>().await;
+                }
                 ExecOutput {
                     exit,
                     stdout_tail: Vec::new(),
@@ -822,6 +849,7 @@ mod tests {
         let base = OperationStatus::default();
         let cancel = AtomicBool::new(cancel);
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .unwrap();
         let report = rt.block_on(with_hooks(
@@ -943,6 +971,21 @@ mod tests {
         );
         assert_eq!(log, ["ok", "ok"]);
         assert_eq!(r.result, OpResult::Canceled);
+        // Canceled while the pre hook runs (it never ends here): the hook is abandoned, no
+        // backup, the post hook still runs.
+        let (r, log) = run(
+            hook(When::Pre, "block", OnError::Fail),
+            hook(When::Post, "ok", OnError::Fail),
+            completed,
+            true,
+        );
+        assert_eq!(log, ["block", "ok"]);
+        assert_eq!(r.result, OpResult::Canceled);
+        let m = r.status.message.unwrap();
+        assert!(
+            m.contains("while the pre hook") && m.contains("no snapshot"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -411,17 +411,19 @@ pub async fn run_operation<K: Operation>(
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
     let started = Instant::now();
     let base = obj.operation_status();
-    let verb = if K::WRITES_REPOSITORY {
-        "backing up"
-    } else {
-        "restoring into"
+    let dump = obj.dump_spec().is_some() || obj.dump_restore_spec().is_some();
+    let verb = match (K::WRITES_REPOSITORY, dump) {
+        (true, false) => "backing up volume",
+        (false, false) => "restoring into volume",
+        (true, true) => "storing the backup command's output as dump",
+        (false, true) => "streaming into the restore command the dump",
     };
     ctx.publish(
         &obj,
         EventType::Normal,
         "Started",
         format!(
-            "{verb} volume {:?} of pod {} on node {}",
+            "{verb} {:?} of pod {} on node {}",
             obj.volume(),
             obj.pod_name(),
             ctx.node.node
