@@ -66,6 +66,16 @@ async fn serve(listener: TcpListener, seen: Arc<Seen>) {
             #[allow(clippy::result_large_err)]
             let callback = move |req: &Request, mut resp: Response| {
                 let uri = req.uri().to_string();
+                if uri.contains("command=refuse") {
+                    // As an API server refusing the exec (RBAC, no such container, …).
+                    let mut r =
+                        tokio_tungstenite::tungstenite::handshake::server::ErrorResponse::new(
+                            Some("forbidden".into()),
+                        );
+                    *r.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::FORBIDDEN;
+                    *p.lock().unwrap() = uri;
+                    return Err(r);
+                }
                 // Commands reading stdin need v5, the version that can close stdin alone.
                 let protocol = if uri.contains("command=count") {
                     "v5.channel.k8s.io"
@@ -77,9 +87,9 @@ async fn serve(listener: TcpListener, seen: Arc<Seen>) {
                     .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
                 Ok(resp)
             };
-            let mut ws = tokio_tungstenite::accept_hdr_async(tcp, callback)
-                .await
-                .unwrap();
+            let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+                return;
+            };
             let path = path.lock().unwrap().clone();
             seen.paths.lock().unwrap().push(path.clone());
             let command = path
@@ -667,6 +677,18 @@ async fn execute_dump_restore_streams_the_whole_dump_then_closes_stdin() {
         end,
         Some(false),
         "a canceled restore closes the connection, never stdin alone"
+    );
+
+    let refused = restore("all.sql", "refuse", false).await;
+    assert_eq!(refused.status.phase, Some(Phase::Failed));
+    assert_eq!(
+        refused.status.reason.as_deref(),
+        Some("restore_command_failed")
+    );
+    let m = refused.status.message.unwrap();
+    assert!(
+        m.contains("could not be started") && m.contains("nothing was sent"),
+        "{m}"
     );
 
     let calls = seen.paths.lock().unwrap().len();

@@ -396,6 +396,19 @@ async fn run_dump_restore(
         serde_json::to_string(&d.command).unwrap_or_default()
     );
     let stderr = out.stderr_note();
+    // The API server never started the command: it saw no input at all.
+    if !out.started && !matches!(fed, Err(crate::Error::Canceled)) {
+        let mut message = format!(
+            "{what} could not be started ({}); nothing was sent to it",
+            out.exit
+        );
+        if let Err(e) = &fed {
+            if !gone.load(Ordering::Relaxed) {
+                message.push_str(&format!("; reading the dump also failed: {e}"));
+            }
+        }
+        return Err(Failure::new(Reason::RestoreCommandFailed, message));
+    }
     match fed {
         Err(crate::Error::Canceled) => Err(Failure::new(Reason::Canceled, "canceled")),
         // The command went away before taking the whole dump: its exit tells why.

@@ -95,6 +95,9 @@ pub struct ExecOutput {
     pub stderr_tail: Vec<u8>,
     /// Bytes of stdout received in all.
     pub stdout_bytes: u64,
+    /// True once the API server accepted the exec: the command may have run (false: it was
+    /// refused or unreachable, so the command never saw any input).
+    pub started: bool,
 }
 
 impl ExecOutput {
@@ -298,6 +301,7 @@ pub async fn exec_io(
     let out_tail = Mutex::new(TailBuf::new(STDOUT_TAIL));
     let err_tail = Mutex::new(TailBuf::new(STDERR_TAIL));
     let count = Mutex::new(0u64);
+    let started = std::sync::atomic::AtomicBool::new(false);
     let run = async {
         let mut proc = api
             .exec(&spec.pod, spec.command.clone(), &params)
@@ -312,6 +316,7 @@ pub async fn exec_io(
                 }
                 e => format!("pods/exec failed: {e}"),
             })?;
+        started.store(true, std::sync::atomic::Ordering::Relaxed);
         let status = proc.take_status();
         let (Some(o), Some(e), Some(status)) = (proc.stdout(), proc.stderr(), status) else {
             return Err("the exec connection has no stdout, stderr or status".to_string());
@@ -370,6 +375,7 @@ pub async fn exec_io(
         stdout_tail: take(&out_tail),
         stderr_tail: take(&err_tail),
         stdout_bytes: count.lock().map(|c| *c).unwrap_or_default(),
+        started: started.load(std::sync::atomic::Ordering::Relaxed),
     }
 }
 
@@ -466,6 +472,7 @@ pub async fn run_streamed<T: Send + 'static>(
         stdout_tail: Vec::new(),
         stderr_tail: Vec::new(),
         stdout_bytes: 0,
+        started: false,
     });
     (consumed, out)
 }

@@ -805,6 +805,7 @@ mod tests {
                     stdout_tail: Vec::new(),
                     stderr_tail: b"fsfreeze: /data: Operation not permitted\n".to_vec(),
                     stdout_bytes: 0,
+                    started: true,
                 }
             }
         }
