@@ -431,6 +431,17 @@ status: {{phase: Running}}
     .unwrap()
 }
 
+/// Settings of a BackupRepository in `dir/repo` (created on first backup).
+fn fs_repo(dir: &std::path::Path) -> podvault::worker::repo::RepoSettings {
+    let spec = serde_yaml::from_str(&format!(
+        "backend: {{fs: {{path: {}}}}}\npasswordSecret: {{name: pw, key: password}}\n",
+        dir.join("repo").display()
+    ))
+    .unwrap();
+    let pw = [("password".to_string(), b"dump-pass".to_vec())].into();
+    podvault::worker::repo::settings("default", &spec, &pw, None).unwrap()
+}
+
 fn dump_spec(volume: &str) -> podvault_proto::crd::PodVolumeBackupSpec {
     serde_yaml::from_str(&format!(
         "{{pod: pg-0, volume: {volume}, dump: true, retention: 'last=1'}}"
@@ -450,13 +461,7 @@ async fn execute_dump_writes_a_snapshot_only_for_a_complete_dump() {
 
     let (client, _) = stand_in().await;
     let dir = tempfile::tempdir().unwrap();
-    let spec = serde_yaml::from_str(&format!(
-        "backend: {{fs: {{path: {}}}}}\npasswordSecret: {{name: pw, key: password}}\n",
-        dir.path().join("repo").display()
-    ))
-    .unwrap();
-    let pw = [("password".to_string(), b"dump-pass".to_vec())].into();
-    let repo = podvault::worker::repo::settings("default", &spec, &pw, None).unwrap();
+    let repo = fs_repo(dir.path());
     let run = |word: &'static str, volume: &'static str, cancel: bool| {
         let (client, repo) = (client.clone(), repo.clone());
         async move {
@@ -577,13 +582,7 @@ async fn execute_dump_restore_streams_the_whole_dump_then_closes_stdin() {
 
     let (client, seen) = stand_in().await;
     let dir = tempfile::tempdir().unwrap();
-    let spec = serde_yaml::from_str(&format!(
-        "backend: {{fs: {{path: {}}}}}\npasswordSecret: {{name: pw, key: password}}\n",
-        dir.path().join("repo").display()
-    ))
-    .unwrap();
-    let pw = [("password".to_string(), b"dump-pass".to_vec())].into();
-    let repo = podvault::worker::repo::settings("default", &spec, &pw, None).unwrap();
+    let repo = fs_repo(dir.path());
     let prepared = || Prepared {
         pod: dump_pod("big"),
         pv: None,

@@ -472,55 +472,34 @@ pub async fn run_operation<K: Operation>(
                     progress.clone(),
                     ctx.progress_interval,
                 );
-                if let Some(spec) = obj.dump_spec() {
-                    let report = super::dump::execute_dump(
-                        ctx.client.clone(),
-                        &ctx.node.node,
-                        spec,
-                        p,
-                        &base,
-                        progress,
-                        run.cancel.clone(),
-                    )
-                    .await;
-                    ticker.abort();
-                    return report;
-                }
-                if let Some(spec) = obj.dump_restore_spec() {
-                    let report = super::dump::execute_dump_restore(
-                        ctx.client.clone(),
-                        &ns,
-                        spec,
-                        p,
-                        &base,
-                        progress,
-                        run.cancel.clone(),
-                    )
-                    .await;
-                    ticker.abort();
-                    return report;
-                }
-                let task = {
-                    let (ctx, obj, base, progress, cancel) = (
-                        ctx.clone(),
-                        obj.clone(),
-                        base.clone(),
-                        progress.clone(),
-                        run.cancel.clone(),
-                    );
-                    tokio::task::spawn_blocking(move || {
-                        obj.execute(p, &ctx, &base, &progress, &cancel)
+                // Dumps run the command through pods/exec; volumes run the engine.
+                let cancel = run.cancel.clone();
+                let report = if let Some(spec) = obj.dump_spec() {
+                    let node = &ctx.node.node;
+                    let client = ctx.client.clone();
+                    super::dump::execute_dump(client, node, spec, p, &base, progress, cancel).await
+                } else if let Some(spec) = obj.dump_restore_spec() {
+                    let client = ctx.client.clone();
+                    super::dump::execute_dump_restore(client, &ns, spec, p, &base, progress, cancel)
+                        .await
+                } else {
+                    let (ctx, obj, claimed) = (ctx.clone(), obj.clone(), base.clone());
+                    let task = tokio::task::spawn_blocking(move || {
+                        obj.execute(p, &ctx, &claimed, &progress, &cancel)
+                    });
+                    task.await.unwrap_or_else(|e| {
+                        Report::failed(
+                            &base,
+                            Failure::new(
+                                Reason::Panic,
+                                format!("the {} task failed: {e}", K::KIND),
+                            ),
+                            now(),
+                        )
                     })
                 };
-                let r = task.await;
                 ticker.abort();
-                r.unwrap_or_else(|e| {
-                    Report::failed(
-                        &base,
-                        Failure::new(Reason::Panic, format!("the {} task failed: {e}", K::KIND)),
-                        now(),
-                    )
-                })
+                report
             };
             with_hooks(&hooks, &pod_ref, &runner, &run.cancel, &base, backup).await
         }

@@ -165,15 +165,7 @@ impl FromStr for Series {
 pub fn snapshot_tags(pod: &Pod, volume: &str, node: &str) -> Result<Vec<String>, VolumeError> {
     let series = Series::of_pod_volume(pod, volume)?;
     let vol = find_volume(pod, volume)?;
-    let mut tags = vec![
-        series.tag(),
-        format!("namespace={}", series.namespace),
-        format!("pod={}", pod.metadata.name.as_deref().unwrap_or_default()),
-        format!(
-            "pod-uid={}",
-            pod.metadata.uid.as_deref().unwrap_or_default()
-        ),
-    ];
+    let mut tags = identity_tags(&series, pod);
     if let Some(claim) = claim_name(pod, vol) {
         tags.push(format!("pvc={claim}"));
     }
@@ -185,7 +177,15 @@ pub fn snapshot_tags(pod: &Pod, volume: &str, node: &str) -> Result<Vec<String>,
 /// The tags the agent records on a logical dump named `name` of `pod`, taken on `node`:
 /// `series=…`, `namespace=…`, `pod=…`, `pod-uid=…`, `dump=…`, `node=…`.
 pub fn dump_snapshot_tags(pod: &Pod, name: &str, node: &str) -> Vec<String> {
-    let series = Series::of_pod_dump(pod, name);
+    let mut tags = identity_tags(&Series::of_pod_dump(pod, name), pod);
+    tags.push(format!("dump={name}"));
+    tags.push(format!("node={node}"));
+    tags
+}
+
+/// `series=…`, `namespace=…`, `pod=…`, `pod-uid=…`: what every snapshot the agent takes
+/// starts with.
+fn identity_tags(series: &Series, pod: &Pod) -> Vec<String> {
     vec![
         series.tag(),
         format!("namespace={}", series.namespace),
@@ -194,8 +194,6 @@ pub fn dump_snapshot_tags(pod: &Pod, name: &str, node: &str) -> Vec<String> {
             "pod-uid={}",
             pod.metadata.uid.as_deref().unwrap_or_default()
         ),
-        format!("dump={name}"),
-        format!("node={node}"),
     ]
 }
 
