@@ -42,7 +42,7 @@ use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use podvault_proto::pack::BlobType;
-use podvault_proto::snapshot::{Snapshot, Summary};
+use podvault_proto::snapshot::{Identity, Snapshot, Summary};
 use podvault_proto::{BlobId, PackId, SnapshotId, TreeId};
 
 use crate::blob::BlobEncoder;
@@ -88,6 +88,12 @@ pub struct BackupOptions {
     /// Parent snapshot for change detection (default: latest with the same host and paths).
     #[arg(long)]
     pub parent: Option<String>,
+    /// What the snapshot is of, recorded by the node agent (never set from user input: the
+    /// CLI has no flag for it). With an identity, the default parent is the latest snapshot
+    /// whose identity has the same series — never one found by host and paths, which other
+    /// writers can imitate.
+    #[arg(skip)]
+    pub identity: Option<Identity>,
     /// Read every file even if unchanged since the parent.
     #[arg(long, conflicts_with_all = ["stdin", "stdin_from_command"])]
     pub force: bool,
@@ -244,8 +250,10 @@ pub fn backup(
     )
 }
 
-/// The parent snapshot: the one named in `opts`, else the latest with the same host and
-/// paths.
+/// The parent snapshot: the one named in `opts`; else, for an agent backup (`opts.identity`),
+/// the latest snapshot whose identity has the same series; else the latest snapshot without
+/// an identity with the same host and paths (a CLI backup never builds on an agent's
+/// snapshot, nor an agent's on anything its identity does not match).
 ///
 /// Found before the index is loaded: a snapshot is written after the index objects it needs,
 /// so the index loaded next covers the parent even if it was written a moment ago.
@@ -257,10 +265,13 @@ fn find_parent(
 ) -> Result<Option<(SnapshotId, Snapshot)>> {
     Ok(match &opts.parent {
         Some(spec) => Some(repo.find_snapshot(spec)?),
-        None => repo
-            .snapshots()?
-            .into_iter()
-            .rfind(|(_, s)| s.hostname == host && s.paths == paths),
+        None => {
+            let series = opts.identity.as_ref().map(|i| i.series.as_str());
+            repo.snapshots()?.into_iter().rfind(|(_, s)| match series {
+                Some(series) => s.series() == Some(series),
+                None => s.identity.is_none() && s.hostname == host && s.paths == paths,
+            })
+        }
     })
 }
 
@@ -420,6 +431,7 @@ fn commit(
         tree: stored.root,
         program_version: env!("CARGO_PKG_VERSION").into(),
         summary,
+        identity: opts.identity.clone(),
     };
     let id = repo.save(&snapshot)?;
     Ok(BackupOutcome { id, snapshot })

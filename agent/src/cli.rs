@@ -98,7 +98,7 @@ pub enum Command {
     /// Create a repository.
     Init(commands::init::InitArgs),
     /// Back up files and directories.
-    Backup(BackupOptions),
+    Backup(Box<BackupOptions>),
     /// List snapshots.
     Snapshots(commands::snapshots::SnapshotsArgs),
     /// List the files in a snapshot.

@@ -41,6 +41,10 @@ pub struct ForgetOptions {
     /// Only consider snapshots carrying all of these tags; repeatable.
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
+    /// Only consider snapshots whose agent-recorded identity is this series
+    /// (`<namespace>/pvc/<claim>` or `<namespace>/pod/<pod>/<volume>`); tags never match it.
+    #[arg(long, value_name = "SERIES")]
+    pub series: Option<String>,
     /// Series grouping: a comma list of `host`, `paths`, `tags` (empty for one series).
     #[arg(long, default_value = "host,paths,tags")]
     pub group_by: String,
@@ -100,7 +104,8 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<SeriesDecis
     }
     let mut series: BTreeMap<String, Vec<(SnapshotId, Snapshot)>> = BTreeMap::new();
     for (id, s) in repo.snapshots()? {
-        if opts.tags.iter().all(|t| s.has_tag(t)) {
+        let in_series = opts.series.as_deref().is_none_or(|k| s.series() == Some(k));
+        if in_series && opts.tags.iter().all(|t| s.has_tag(t)) {
             series
                 .entry(series_key(&s, &fields))
                 .or_default()

@@ -91,7 +91,7 @@ impl Prometheus {
         let manifest: serde_yaml::Value = serde_yaml::from_str(
             &std::fs::read_to_string(
                 Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../deploy/manifests/60-prometheusrule.yaml"),
+                    .join("../deploy/monitoring/prometheusrule.yaml"),
             )
             .unwrap(),
         )
@@ -252,7 +252,8 @@ fn fake_api_server(
         json!({"apiVersion": "podvault.dev/v1alpha1", "kind": "BackupRepository",
             "metadata": {"name": name, "resourceVersion": "1"},
             "spec": {"backend": {"fs": {"path": repo_dir.display().to_string()}},
-                     "passwordSecret": {"name": secret, "key": "password"}},
+                     "passwordSecret": {"name": secret, "key": "password"},
+                     "allowedNamespaces": {"names": [NS]}},
             "status": {"initialized": true}})
     };
     let secret = |name: &str, password: &str| {

@@ -278,6 +278,8 @@ proptest! {
             tree: podvault_proto::TreeId([2; 32]),
             program_version: "v".into(),
             summary: Default::default(),
+
+            identity: None,
         };
         let bytes = mutate(snap.encode(), &muts);
         let (_, largest) = load_forged::<Snapshot>(&repo, &bytes)?;

@@ -413,6 +413,11 @@ async fn a_dump_is_saved_only_when_the_command_succeeds() {
 
 /// A pod on node `node-a` whose backup command is the stand-in's `word`.
 fn dump_pod(word: &str) -> k8s_openapi::api::core::v1::Pod {
+    dump_pod_restoring_with(word, "count")
+}
+
+/// The dump pod, declaring `restore` as its restore command.
+fn dump_pod_restoring_with(word: &str, restore: &str) -> k8s_openapi::api::core::v1::Pod {
     serde_yaml::from_str(&format!(
         r#"
 metadata:
@@ -422,6 +427,7 @@ metadata:
   annotations:
     backup.podvault.dev/backup-command: '["{word}"]'
     backup.podvault.dev/backup-command-filename: all.sql
+    backup.podvault.dev/restore-command: '["{restore}"]'
 spec:
   nodeName: node-a
   containers: [{{name: db}}]
@@ -470,9 +476,13 @@ async fn execute_dump_writes_a_snapshot_only_for_a_complete_dump() {
                 pv: None,
                 repo,
             };
+            let target = podvault::worker::dump::DumpTarget {
+                node: "node-a",
+                uid: "pvb-uid-1",
+            };
             execute_dump(
                 client,
-                "node-a",
+                target,
                 &dump_spec(volume),
                 prepared,
                 &OperationStatus::default(),
@@ -516,14 +526,20 @@ async fn execute_dump_writes_a_snapshot_only_for_a_complete_dump() {
     assert_eq!(snaps.len(), 1);
     let (id, snap) = &snaps[0];
     assert_eq!(ok.status.snapshot_id.as_deref(), Some(id.to_hex().as_str()));
-    for tag in [
-        "series=shop/pod/pg-0/all.sql",
-        "dump=all.sql",
-        "pod=pg-0",
-        "node=node-a",
-    ] {
-        assert!(snap.has_tag(tag), "missing tag {tag}: {:?}", snap.tags);
-    }
+    let identity = snap
+        .identity()
+        .expect("the agent records the dump's identity");
+    assert_eq!(identity.series, "shop/pod/pg-0/all.sql");
+    assert_eq!(identity.dump.as_deref(), Some("all.sql"));
+    assert_eq!(identity.pod, "pg-0");
+    assert_eq!(identity.pod_uid, "uid-pg-0");
+    assert_eq!(identity.node, "node-a");
+    assert_eq!(identity.operation_uid.as_deref(), Some("pvb-uid-1"));
+    assert!(
+        snap.tags.is_empty(),
+        "identity is not in the tags: {:?}",
+        snap.tags
+    );
     assert_eq!(out.len() as u64, BIG);
     assert!(
         out.iter()
@@ -562,9 +578,9 @@ async fn execute_dump_writes_a_snapshot_only_for_a_complete_dump() {
     );
 }
 
-fn restore_spec(volume: &str, word: &str) -> podvault_proto::crd::PodVolumeRestoreSpec {
+fn restore_spec(volume: &str) -> podvault_proto::crd::PodVolumeRestoreSpec {
     serde_yaml::from_str(&format!(
-        "{{pod: pg-0, volume: {volume}, snapshot: {{latest: {{}}}}, dump: {{command: [{word}], container: db, timeout: 10m}}}}"
+        "{{pod: pg-0, volume: {volume}, snapshot: {{latest: {{}}}}, dump: {{timeout: 10m}}}}"
     ))
     .unwrap()
 }
@@ -588,9 +604,13 @@ async fn execute_dump_restore_streams_the_whole_dump_then_closes_stdin() {
         pv: None,
         repo: repo.clone(),
     };
+    let target = podvault::worker::dump::DumpTarget {
+        node: "node-a",
+        uid: "pvb-uid-2",
+    };
     let stored = execute_dump(
         client.clone(),
-        "node-a",
+        target,
         &dump_spec("all.sql"),
         prepared(),
         &OperationStatus::default(),
@@ -604,14 +624,16 @@ async fn execute_dump_restore_streams_the_whole_dump_then_closes_stdin() {
         "{:?}",
         stored.status
     );
+    // The command is the one the pod declares (`word`), never the restore's.
     let restore = |volume: &'static str, word: &'static str, cancel: bool| {
         let client = client.clone();
-        let p = prepared();
+        let mut p = prepared();
+        p.pod = dump_pod_restoring_with("big", word);
         async move {
             execute_dump_restore(
                 client,
                 "shop",
-                &restore_spec(volume, word),
+                &restore_spec(volume),
                 p,
                 &OperationStatus::default(),
                 Arc::new(Progress::default()),
@@ -701,5 +723,63 @@ async fn execute_dump_restore_streams_the_whole_dump_then_closes_stdin() {
         seen.paths.lock().unwrap().len(),
         calls,
         "the command is not started for a dump the snapshot does not have"
+    );
+
+    // A restore cannot choose the command or the container, and a pod that declares no
+    // restore command gets none: each fails as invalid_spec before anything runs.
+    let run_spec = |spec: podvault_proto::crd::PodVolumeRestoreSpec, pod| {
+        let client = client.clone();
+        let mut p = prepared();
+        p.pod = pod;
+        async move {
+            execute_dump_restore(
+                client,
+                "shop",
+                &spec,
+                p,
+                &OperationStatus::default(),
+                Arc::new(Progress::default()),
+                Arc::new(AtomicBool::new(false)),
+            )
+            .await
+        }
+    };
+    let forged: podvault_proto::crd::PodVolumeRestoreSpec = serde_yaml::from_str(
+        "{pod: pg-0, volume: all.sql, snapshot: {latest: {}}, dump: {command: [sh, -c, 'echo pwned > /data/pwned']}}",
+    )
+    .unwrap();
+    let r = run_spec(forged, dump_pod("big")).await;
+    assert_eq!(r.status.reason.as_deref(), Some("invalid_spec"));
+    let m = r.status.message.unwrap();
+    assert!(
+        m.contains("spec.dump.command is not accepted") && m.contains("restore-command"),
+        "{m}"
+    );
+    let container: podvault_proto::crd::PodVolumeRestoreSpec = serde_yaml::from_str(
+        "{pod: pg-0, volume: all.sql, snapshot: {latest: {}}, dump: {container: db}}",
+    )
+    .unwrap();
+    let r = run_spec(container, dump_pod("big")).await;
+    assert_eq!(r.status.reason.as_deref(), Some("invalid_spec"));
+    let mut undeclared = dump_pod("big");
+    undeclared
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove("backup.podvault.dev/restore-command");
+    let r = run_spec(restore_spec("all.sql"), undeclared).await;
+    assert_eq!(r.status.reason.as_deref(), Some("invalid_spec"));
+    assert!(
+        r.status
+            .message
+            .unwrap()
+            .contains("declares no restore command"),
+        "names the missing declaration"
+    );
+    assert_eq!(
+        seen.paths.lock().unwrap().len(),
+        calls,
+        "no command ran for any of the refused restores"
     );
 }

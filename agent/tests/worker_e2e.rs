@@ -180,6 +180,7 @@ fn round_trip(repo: RepoSettings) {
     pvb.spec.retention = Some("last=1".into());
     let job = BackupJob {
         namespace: "shop".into(),
+        uid: "pvb-uid-1".into(),
         spec: pvb.spec.clone(),
         pod: src_pod.clone(),
         pv: Some(src_pv.clone()),
@@ -204,18 +205,33 @@ fn round_trip(repo: RepoSettings) {
 
     let r = Repository::open(&repo.location, &repo.password).unwrap();
     let (_, snap) = r.find_snapshot(&first_id).unwrap();
-    for tag in [
-        "series=shop/pvc/data-web-0",
-        "namespace=shop",
-        "pod=web-0",
-        "pod-uid=uid-src",
-        "pvc=data-web-0",
-        "volume=data",
-        "node=node-a",
-        "manual",
-    ] {
-        assert!(snap.has_tag(tag), "missing tag {tag}: {:?}", snap.tags);
-    }
+    let id = snap
+        .identity()
+        .expect("the agent records the snapshot's identity");
+    assert_eq!(
+        (
+            id.series.as_str(),
+            id.namespace.as_str(),
+            id.pod.as_str(),
+            id.pod_uid.as_str(),
+            id.pvc.as_deref(),
+            id.volume.as_deref(),
+            id.node.as_str(),
+            id.operation_uid.as_deref()
+        ),
+        (
+            "shop/pvc/data-web-0",
+            "shop",
+            "web-0",
+            "uid-src",
+            Some("data-web-0"),
+            Some("data"),
+            "node-a",
+            Some("pvb-uid-1")
+        )
+    );
+    // The spec's own tags, and nothing else.
+    assert_eq!(snap.tags, vec!["manual".to_string()]);
     assert_eq!(snap.hostname, NODE);
 
     // A second backup uses the first as parent (nothing re-read), and retention last=1 leaves
@@ -449,6 +465,7 @@ spec:
     pvb.spec.volume = "token".into();
     let mut job = BackupJob {
         namespace: "shop".into(),
+        uid: "pvb-uid-2".into(),
         spec: pvb.spec.clone(),
         pod: p,
         pv: None,
@@ -521,6 +538,7 @@ fn two_backups_of_a_fresh_repository_at_once(repo: RepoSettings, rounds: usize) 
                 .map(|(p, v)| {
                     let job = BackupJob {
                         namespace: "shop".into(),
+                        uid: "pvb-uid-3".into(),
                         spec: serde_yaml::from_str("{pod: web, volume: data}").unwrap(),
                         pod: p.clone(),
                         pv: Some(v.clone()),

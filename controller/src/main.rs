@@ -12,20 +12,20 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::ListParams;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{watcher, Controller};
+use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
 use kube::{Api, Client};
 use podvault_controller::lease::try_acquire_or_renew;
 use podvault_controller::metrics::Metrics;
 use podvault_controller::operations::{reconcile_route, route_error_policy, RouteContext, Routed};
 use podvault_controller::options::ControllerOptions;
 use podvault_controller::plan::MANAGER;
-use podvault_controller::reconciler::{error_policy, reconcile, sweep, Context};
+use podvault_controller::reconciler::{error_policy, reconcile, sweep, Access, Context};
 use podvault_controller::schedule::Schedule;
 use podvault_controller::server;
-use podvault_proto::crd::{PodVolumeBackup, PodVolumeRestore};
+use podvault_proto::crd::{BackupRepository, PodVolumeBackup, PodVolumeRestore};
 
 /// Sets up logging to stderr: `RUST_LOG` filters (default `info`); plain text with colours
 /// only on a terminal, or one JSON object per line.
@@ -100,6 +100,32 @@ async fn main() -> anyhow::Result<()> {
     metrics.leader.set(1);
     tracing::info!(%identity, "leading");
 
+    // Watch caches for the repository-access rule (BackupRepositories, Namespaces' labels).
+    let (repositories, repositories_writer) = reflector::store::<BackupRepository>();
+    let (namespaces, namespaces_writer) = reflector::store::<Namespace>();
+    let caches = futures::future::join(
+        reflector(
+            repositories_writer,
+            watcher(
+                Api::<BackupRepository>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .touched_objects()
+        .for_each(|_| futures::future::ready(())),
+        reflector(
+            namespaces_writer,
+            watcher(
+                Api::<Namespace>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .touched_objects()
+        .for_each(|_| futures::future::ready(())),
+    );
+
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -114,6 +140,10 @@ async fn main() -> anyhow::Result<()> {
         backup_history: opts.backup_history(),
         restore_history: opts.restore_history(),
         clock: Arc::new(chrono::Utc::now),
+        access: Access {
+            repositories: repositories.clone(),
+            namespaces: namespaces.clone(),
+        },
     });
 
     let pods: Api<Pod> = Api::all(client.clone());
@@ -173,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
 
     tokio::select! {
         _ = run => tracing::info!("controller stopped"),
+        _ = caches => tracing::info!("watch caches stopped"),
         _ = routes => tracing::info!("routing stopped"),
         _ = sweeper => {}
         why = renewer => {

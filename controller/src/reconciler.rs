@@ -1,6 +1,14 @@
 //! The pod reconciler: turns a pod's plan into PodVolumeBackups, and the periodic sweep that
 //! applies history limits and refreshes the series gauges.
 //!
+//! Repository access: a backup whose BackupRepository does not allow the pod's namespace
+//! (`spec.allowedNamespaces`, see `podvault_proto::k8s::isolation`) is not created; the pod
+//! gets a `RepositoryNotAllowed` Warning event instead, and nothing else happens until the
+//! next tick (no PodVolumeBackup that could only fail). The repository and the namespace's
+//! labels come from watch caches ([`Access`]): no request per tick. A repository or namespace
+//! the caches do not hold (yet) is left to the agent, which checks again before it runs
+//! anything.
+//!
 //! The only API calls live here (and in [`crate::lease`]); everything they act on is decided by
 //! the pure functions of [`crate::plan`] and [`crate::history`]. Requests the controller makes
 //! per due backup:
@@ -15,13 +23,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
-use podvault_proto::crd::{PodVolumeBackup, PodVolumeRestore};
-use podvault_proto::k8s::VolumeError;
+use podvault_proto::crd::{BackupRepository, PodVolumeBackup, PodVolumeRestore};
+use podvault_proto::k8s::{
+    access_needs_labels, check_repository_access, RepositoryAccessError, VolumeError,
+};
 use serde_json::json;
 
 use crate::history::{self, HistoryLimits};
@@ -47,6 +58,33 @@ pub struct Context {
     pub restore_history: HistoryLimits,
     /// The time source.
     pub clock: Clock,
+    /// Watch caches of BackupRepositories and Namespaces.
+    pub access: Access,
+}
+
+/// Watch caches the repository-access rule reads (kept by reflectors in `main`).
+#[derive(Clone)]
+pub struct Access {
+    /// BackupRepositories.
+    pub repositories: Store<BackupRepository>,
+    /// Namespaces (for their labels).
+    pub namespaces: Store<Namespace>,
+}
+
+impl Access {
+    /// Why `namespace` may not use BackupRepository `repository`, when the caches can tell;
+    /// `None` when it may, or when the repository or (for a selector) the namespace is not
+    /// cached (the agent decides then).
+    pub fn refusal(&self, repository: &str, namespace: &str) -> Option<RepositoryAccessError> {
+        let repo = self.repositories.get(&ObjectRef::new(repository))?;
+        let labels = if access_needs_labels(&repo.spec) {
+            let ns = self.namespaces.get(&ObjectRef::new(namespace))?;
+            Some(ns.metadata.labels.clone().unwrap_or_default())
+        } else {
+            None
+        };
+        check_repository_access(repository, &repo.spec, namespace, labels.as_ref()).err()
+    }
 }
 
 /// A reconciliation or sweep failure.
@@ -203,7 +241,34 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
         )
         .await;
     }
+    let mut refused: Vec<String> = Vec::new();
     for planned in &plan.due {
+        let repository = planned
+            .object
+            .spec
+            .repository
+            .clone()
+            .or_else(|| ctx.options.default_repository.clone());
+        let namespace = &planned.series.namespace;
+        if let Some(e) = repository.and_then(|r| ctx.access.refusal(&r, namespace)) {
+            ctx.metrics
+                .backups_scheduled
+                .with_label_values(&[namespace.as_str(), "not_allowed"])
+                .inc();
+            let note = format!("{e}; no PodVolumeBackup was created");
+            if !refused.contains(&note) {
+                publish(
+                    &ctx,
+                    &pod,
+                    EventType::Warning,
+                    "RepositoryNotAllowed",
+                    note.clone(),
+                )
+                .await;
+                refused.push(note);
+            }
+            continue;
+        }
         create_backup(&ctx, planned).await?;
     }
     Ok(requeue_after(now, plan.next_tick))

@@ -56,7 +56,7 @@ fn promtool_checks_the_rule_file_and_the_generated_prometheusrule() {
     assert!(out.contains("SUCCESS: 6 rules found"), "{out}");
     // The PrometheusRule's spec, as the Prometheus Operator hands it to Prometheus.
     let manifest: serde_yaml::Value = serde_yaml::from_str(
-        &std::fs::read_to_string(dir.join("../manifests/60-prometheusrule.yaml")).unwrap(),
+        &std::fs::read_to_string(dir.join("../monitoring/prometheusrule.yaml")).unwrap(),
     )
     .unwrap();
     let tmp = std::env::temp_dir().join(format!("podvault-rules-{}", std::process::id()));

@@ -156,7 +156,7 @@ fn crds_in_deploy_are_exactly_crdgen_output() {
 #[test]
 fn every_manifest_and_example_parses_into_its_type() {
     let mut kinds = Vec::new();
-    for dir in ["manifests", "examples"] {
+    for dir in ["manifests", "monitoring", "examples"] {
         for file in yaml_files(&deploy().join(dir)) {
             for (i, doc) in documents(&file).iter().enumerate() {
                 kinds.push(check(doc, &format!("{}#{i}", file.display())));
@@ -181,6 +181,22 @@ fn every_manifest_and_example_parses_into_its_type() {
         "CronJob",
     ] {
         assert!(kinds.iter().any(|k| k == kind), "no {kind} in deploy/");
+    }
+}
+
+/// `kubectl apply -f deploy/manifests/` must work on a cluster without the Prometheus
+/// Operator: its kinds live in `deploy/monitoring/`, applied only where the operator runs.
+#[test]
+fn plain_manifests_need_no_operator_crds() {
+    for file in yaml_files(&deploy().join("manifests")) {
+        for doc in documents(&file) {
+            let api = doc["apiVersion"].as_str().unwrap_or_default();
+            assert!(
+                !api.starts_with("monitoring.coreos.com/"),
+                "{} holds a {api} object; it belongs in deploy/monitoring/",
+                file.display()
+            );
+        }
     }
 }
 
@@ -380,7 +396,7 @@ fn the_only_exec_permission_is_pods_exec_in_its_own_role() {
 /// The one source of the shipped alerts (a plain Prometheus rule file).
 const RULES_SOURCE: &str = "prometheus/podvault-rules.yaml";
 /// Generated from [`RULES_SOURCE`].
-const RULES_MANIFEST: &str = "manifests/60-prometheusrule.yaml";
+const RULES_MANIFEST: &str = "monitoring/prometheusrule.yaml";
 /// Generated from [`RULES_SOURCE`].
 const RULES_HELM: &str = "helm/podvault/templates/prometheusrule.yaml";
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use http::{Method, Request, Response};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
@@ -18,7 +18,8 @@ use podvault_controller::history::HistoryLimits;
 use podvault_controller::lease::try_acquire_or_renew;
 use podvault_controller::metrics::Metrics;
 use podvault_controller::plan::PlanOptions;
-use podvault_controller::reconciler::{error_policy, reconcile, sweep, Context, Error};
+use podvault_controller::reconciler::{error_policy, reconcile, sweep, Access, Context, Error};
+use podvault_proto::crd::BackupRepository;
 use serde_json::{json, Value};
 use tower_test::mock::{Handle, SendResponse};
 
@@ -29,6 +30,24 @@ fn t(s: &str) -> DateTime<Utc> {
 }
 
 fn context(now: &str) -> (Arc<Context>, MockHandle) {
+    context_with(now, &[], &[])
+}
+
+/// A context whose watch caches hold the BackupRepositories and Namespaces given as YAML.
+fn context_with(now: &str, repos: &[&str], namespaces: &[&str]) -> (Arc<Context>, MockHandle) {
+    use kube::runtime::{reflector, watcher};
+    let (repositories, mut rw) = reflector::store::<BackupRepository>();
+    for r in repos {
+        rw.apply_watcher_event(&watcher::Event::Apply(serde_yaml::from_str(r).unwrap()));
+    }
+    let (ns_store, mut nw) = reflector::store::<Namespace>();
+    for n in namespaces {
+        nw.apply_watcher_event(&watcher::Event::Apply(serde_yaml::from_str(n).unwrap()));
+    }
+    let access = Access {
+        repositories,
+        namespaces: ns_store,
+    };
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let now = t(now);
@@ -52,6 +71,7 @@ fn context(now: &str) -> (Arc<Context>, MockHandle) {
             failed: 1,
         },
         clock: Arc::new(move || now),
+        access,
     };
     (Arc::new(ctx), handle)
 }
@@ -212,6 +232,95 @@ async fn creates_backup_then_marks_it_new_and_requeues_for_next_tick() {
         Action::requeue(std::time::Duration::from_secs(4 * 3600 + 33 * 60 + 1))
     );
     assert_eq!(scheduled(&ctx, "created"), 1);
+}
+
+fn repo(name: &str, allowed: &str) -> String {
+    format!(
+        "apiVersion: podvault.dev/v1alpha1\nkind: BackupRepository\nmetadata: {{name: {name}}}\n\
+         spec:\n  backend: {{fs: {{path: /r}}}}\n  passwordSecret: {{name: p, key: k}}\n  {allowed}\n"
+    )
+}
+
+fn pod_on(repository: &str) -> Arc<Pod> {
+    pod(
+        "web-0",
+        &format!(
+            "backup.podvault.dev/backup-volumes: data, backup.podvault.dev/repository: {repository}"
+        ),
+        "[{name: data, persistentVolumeClaim: {claimName: db}}]",
+    )
+}
+
+/// A repository that does not allow the pod's namespace gets no PodVolumeBackup: one Warning
+/// event on the pod names the repository and the field, and nothing is created.
+#[tokio::test]
+async fn a_repository_that_does_not_allow_the_namespace_gets_no_backup() {
+    let repos = [
+        repo("closed", ""),
+        repo("bank-only", "allowedNamespaces: {names: [bank]}"),
+        repo(
+            "labelled",
+            "allowedNamespaces: {selector: {matchLabels: {backup: podvault}}}",
+        ),
+    ];
+    let shop = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {team: shop}}\n";
+    for (name, detail) in [
+        ("closed", "sets no spec.allowedNamespaces"),
+        ("bank-only", "not in spec.allowedNamespaces.names"),
+        ("labelled", "do not match spec.allowedNamespaces.selector"),
+    ] {
+        let refs: Vec<&str> = repos.iter().map(String::as_str).collect();
+        let (ctx, mut handle) = context_with("2025-03-10T13:27:00Z", &refs, &[shop]);
+        let server = tokio::spawn(async move {
+            let call = next(&mut handle).await;
+            assert_eq!(call.method, Method::POST);
+            assert_eq!(call.path, "/apis/events.k8s.io/v1/namespaces/shop/events");
+            assert_eq!(call.body["type"], "Warning");
+            assert_eq!(call.body["reason"], "RepositoryNotAllowed");
+            let note = call.body["note"].as_str().unwrap().to_string();
+            respond(call.send, 201, &call.body);
+            // Dropping the handle fails any further request (a create would).
+            note
+        });
+        let action = reconcile(pod_on(name), ctx.clone()).await;
+        let note = server.await.unwrap();
+        assert!(action.is_ok(), "{action:?}");
+        assert!(
+            note.starts_with(&format!(
+                "namespace shop may not use BackupRepository {name}: "
+            )) && note.contains(detail)
+                && note.ends_with("no PodVolumeBackup was created"),
+            "{note}"
+        );
+        assert_eq!(scheduled(&ctx, "not_allowed"), 1);
+        assert_eq!(scheduled(&ctx, "created"), 0);
+    }
+}
+
+/// Allowed by name or by the namespace's labels: scheduled as usual. A repository the cache
+/// does not hold is left to the agent (scheduled).
+#[tokio::test]
+async fn an_allowed_or_uncached_repository_is_scheduled() {
+    let repos = [
+        repo("by-name", "allowedNamespaces: {names: [shop]}"),
+        repo(
+            "by-label",
+            "allowedNamespaces: {selector: {matchLabels: {backup: podvault}}}",
+        ),
+    ];
+    let shop =
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {backup: podvault}}\n";
+    for name in ["by-name", "by-label", "not-cached"] {
+        let refs: Vec<&str> = repos.iter().map(String::as_str).collect();
+        let (ctx, mut handle) = context_with("2025-03-10T13:27:00Z", &refs, &[shop]);
+        let server = tokio::spawn(async move {
+            expect_create(&mut handle, 409).await;
+        });
+        reconcile(pod_on(name), ctx.clone()).await.unwrap();
+        server.await.unwrap();
+        assert_eq!(scheduled(&ctx, "exists"), 1, "{name}");
+        assert_eq!(scheduled(&ctx, "not_allowed"), 0, "{name}");
+    }
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@
 // Repeated `printcolumn(type_ = "string", …)` arguments are distinct columns, not duplicates.
 #![allow(clippy::duplicated_attributes)]
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -160,7 +160,9 @@ pub struct PodVolumeBackupSpec {
     /// BackupRepository to write to; the agent's default repository when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
-    /// Extra tags recorded on the snapshot (besides namespace, pod, pod uid, PVC, volume, node).
+    /// Extra tags recorded on the snapshot. Keys reserved for the snapshot's identity
+    /// (`series`, `namespace`, `pod`, `pod-uid`, `pvc`, `volume`, `node`, `dump`, `kind`,
+    /// `podvault.dev/…`) are refused (`invalid_spec`): the agent records the identity itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     /// Path globs inside the volume not to back up (e.g. `*.tmp`, `cache/**`).
@@ -175,18 +177,24 @@ pub struct PodVolumeBackupSpec {
     pub cancel: bool,
 }
 
-/// How a PodVolumeRestore feeds a logical dump back to the application.
+/// How a PodVolumeRestore feeds a logical dump back to the application: into the restore
+/// command the pod declares in its `backup.podvault.dev/restore-command` annotation (container
+/// `backup.podvault.dev/restore-command-container`). The command is the pod owner's to
+/// declare, never the PodVolumeRestore's: whoever may create a PodVolumeRestore need not be
+/// allowed to run commands in the pod.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DumpRestore {
-    /// The restore command (argv), run in the container through `pods/exec` with the dump on
-    /// its standard input, e.g. `["psql","-U","postgres","-v","ON_ERROR_STOP=1"]`.
-    #[schemars(length(min = 1))]
+    /// Not accepted (a restore that sets it fails with `invalid_spec`): declare the command
+    /// on the pod with the `backup.podvault.dev/restore-command` annotation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
-    /// Container to run it in; the pod's first container when absent.
+    /// Not accepted (a restore that sets it fails with `invalid_spec`): the pod's
+    /// `backup.podvault.dev/restore-command-container` annotation names the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
-    /// How long it may run (`30m`, `2h`); 1 h when absent.
+    /// How long the command may run (`30m`, `2h`); the pod's
+    /// `backup.podvault.dev/restore-command-timeout`, else 1 h, when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
 }
@@ -501,6 +509,19 @@ pub struct S3CredentialsRef {
     pub secret_access_key_key: Option<String>,
 }
 
+/// Which namespaces may use a BackupRepository: those named, and those whose labels match
+/// the selector. Neither set allows none; `selector: {}` allows every namespace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedNamespaces {
+    /// Namespace names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// Namespaces whose labels match this selector (`{}` matches every namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
 /// Desired state of a [`BackupRepository`].
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -540,7 +561,15 @@ pub struct BackupRepositorySpec {
     /// Secret holding S3 credentials (S3 backend only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<S3CredentialsRef>,
-    /// Allow PodVolumeRestores to restore snapshots taken in another namespace.
+    /// Namespaces whose PodVolumeBackups and PodVolumeRestores may use this repository (by
+    /// name, or by a label selector on the Namespace). Absent: no namespace may. The
+    /// controller schedules no backup into a repository the pod's namespace may not use, and
+    /// the agent refuses such operations (`repository_not_allowed`), checked again before
+    /// each one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_namespaces: Option<AllowedNamespaces>,
+    /// Allow PodVolumeRestores to restore snapshots taken in another namespace (of those this
+    /// repository allows).
     #[serde(default)]
     pub allow_cross_namespace_restore: bool,
     /// Let restores recreate device nodes, setuid/setgid bits and files owned by uid 0.

@@ -5,7 +5,7 @@
 //! - [`series`]: which backups belong together (retention, history, staleness alerts).
 //! - [`volume`]: which pod volumes may be backed up, and where a volume lives on its node under
 //!   the kubelet root.
-//! - [`isolation`]: which snapshots a restore may read.
+//! - [`isolation`]: what one namespace may reach: snapshots, identity tags, repositories.
 //!
 //! Nothing here performs I/O or talks to an API server: callers fetch the Pod (and the bound
 //! PersistentVolume) and pass them in, so every rule is testable without a cluster.
@@ -16,8 +16,11 @@ pub mod series;
 pub mod volume;
 
 pub use annotations::*;
-pub use isolation::{check_restore_namespace, snapshot_namespace, IsolationError};
-pub use series::{dump_snapshot_tags, snapshot_tags, ParseSeriesError, Series, SeriesSource};
+pub use isolation::{
+    access_needs_labels, check_repository_access, check_restore_namespace, check_user_tags,
+    IsolationError, RepositoryAccessError, ReservedTagError, RESERVED_TAG_PREFIX,
+};
+pub use series::{dump_identity, volume_identity, ParseSeriesError, Series, SeriesSource};
 pub use volume::{
     claim_name, classify_volume, escape_plugin_name, find_volume, resolve_volume, VolumeClass,
     VolumeError, VolumeLocation, VolumePolicy,

@@ -115,6 +115,26 @@ pub fn check_version<R: Record>(bytes: &[u8]) -> Result<&[u8], DecodeError> {
     Ok(body)
 }
 
+/// Splits the version prefix off `bytes`, accepting any of `versions` (a record that still
+/// reads older versions); returns the version found and the body.
+pub fn check_version_in<'a, R: Record>(
+    bytes: &'a [u8],
+    versions: &[u16],
+) -> Result<(u16, &'a [u8]), DecodeError> {
+    let (head, body) = bytes
+        .split_first_chunk::<2>()
+        .ok_or(DecodeError::Truncated { record: R::NAME })?;
+    let found = u16::from_le_bytes(*head);
+    if !versions.contains(&found) {
+        return Err(DecodeError::UnknownVersion {
+            record: R::NAME,
+            found,
+            supported: R::VERSION,
+        });
+    }
+    Ok((found, body))
+}
+
 /// Encodes `value` as version prefix + postcard body.
 pub fn encode_postcard<R: Record + Serialize>(value: &R) -> Vec<u8> {
     let mut out = R::VERSION.to_le_bytes().to_vec();
@@ -126,17 +146,25 @@ pub fn encode_postcard<R: Record + Serialize>(value: &R) -> Vec<u8> {
 
 /// Decodes a version prefix + postcard body, rejecting trailing bytes.
 pub fn decode_postcard<R: Record + DeserializeOwned>(bytes: &[u8]) -> Result<R, DecodeError> {
-    let body = check_version::<R>(bytes)?;
+    decode_postcard_body(R::NAME, check_version::<R>(bytes)?)
+}
+
+/// Decodes a postcard body (the version prefix already checked) of the record `record`,
+/// rejecting trailing bytes. For records that still read an older version's body.
+pub fn decode_postcard_body<T: DeserializeOwned>(
+    record: &'static str,
+    body: &[u8],
+) -> Result<T, DecodeError> {
     let (value, rest) = postcard::take_from_bytes(body).map_err(|e| match e {
-        postcard::Error::DeserializeUnexpectedEnd => DecodeError::Truncated { record: R::NAME },
+        postcard::Error::DeserializeUnexpectedEnd => DecodeError::Truncated { record },
         other => DecodeError::Malformed {
-            record: R::NAME,
+            record,
             detail: other.to_string(),
         },
     })?;
     if !rest.is_empty() {
         return Err(DecodeError::Malformed {
-            record: R::NAME,
+            record,
             detail: format!("{} trailing bytes", rest.len()),
         });
     }

@@ -15,7 +15,7 @@ use podvault_proto::index::{IndexEntry, IndexFile, PackInfo, PendingPack};
 use podvault_proto::key::{KdfParams, KeyFile};
 use podvault_proto::pack::{parse_trailer, trailer, BlobType, PackHeader, PackedBlob, TRAILER_LEN};
 use podvault_proto::record::check_version;
-use podvault_proto::snapshot::{PathError, Snapshot, Summary};
+use podvault_proto::snapshot::{Identity, IdentityKind, PathError, Snapshot, Summary};
 use podvault_proto::tree::{Node, NodeKind, Tree};
 use podvault_proto::{BlobId, ChunkId, DecodeError, IndexId, PackId, Record, SnapshotId, TreeId};
 use proptest::prelude::*;
@@ -218,6 +218,19 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
                     finished_ns: f,
                     ..Summary::default()
                 },
+                identity: (n[0] % 2 == 0).then(|| Identity {
+                    kind: IdentityKind::Dump,
+                    namespace: "ns".into(),
+                    series: "ns/pod/p/db.sql".into(),
+                    pod: "p".into(),
+                    pod_uid: format!("{}", n[1]),
+                    pvc: None,
+                    volume: None,
+                    dump: Some("db.sql".into()),
+                    node: "n".into(),
+                    operation_uid: Some(format!("{}", n[2])),
+                    legacy: false,
+                }),
             },
         )
 }

@@ -422,5 +422,6 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     }
 }
 
+pub mod kube;
 pub mod proxy;
 pub mod tls;

@@ -34,7 +34,7 @@
 //! 13. a pod with only a `backup-command` gets a scheduled dump PVB (`spec.dump`), which the
 //!     agent runs through `pods/exec` (no kubelet here: it fails as `dump_failed`, no snapshot).
 //! 14. a PVR with `spec.dump` is routed to the node's agent, finds its snapshot and runs the
-//!     restore command through `pods/exec` (no kubelet: `restore_command_failed`).
+//!     pod's declared restore command through `pods/exec` (no kubelet: `restore_command_failed`).
 
 use std::fs;
 use std::io::{BufReader, Read, Write};
@@ -424,25 +424,7 @@ impl Harness {
     // ----- kubectl -----
 
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut c = Command::new("kubectl");
-        c.arg("--kubeconfig").arg(&self.admin).args(args);
-        c.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = c.spawn().expect("run kubectl (is it on PATH?)");
-        if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(input.as_bytes())
-                .expect("write kubectl stdin");
-        }
-        child.wait_with_output().expect("kubectl output")
+        podvault_tests::kube::Kubectl::new(self.admin.clone()).run(args, stdin)
     }
 
     /// kubectl that must succeed; returns stdout.
@@ -1423,6 +1405,7 @@ fn podvault_against_a_real_api_server() {
             "backup.podvault.dev/backup-command": "pg_dumpall -U postgres",
             "backup.podvault.dev/backup-command-filename": "all.sql",
             "backup.podvault.dev/backup-command-timeout": "20s",
+            "backup.podvault.dev/restore-command": "[\"psql\",\"-U\",\"postgres\"]",
             "backup.podvault.dev/schedule": "* * * * *",
         }),
     );
@@ -1494,7 +1477,7 @@ fn podvault_against_a_real_api_server() {
         "metadata": {"name": "dump-back", "namespace": ns},
         "spec": {"pod": "pg", "volume": "large-text.log", "snapshot": {"id": first_snapshot},
                  "repository": h.repo_name,
-                 "dump": {"command": ["psql", "-U", "postgres"], "timeout": "20s"}},
+                 "dump": {"timeout": "20s"}},
     }));
     let v = h.wait_phase("pvr", "dump-back", "Failed", Duration::from_secs(90));
     let (reason, message) = (s(&v, "/status/reason"), s(&v, "/status/message"));
@@ -1628,6 +1611,7 @@ fn setup(h: &mut Harness) {
         "spec": {
             "backend": {"fs": {"path": h.repo_dir.to_str().expect("utf-8 path")}},
             "passwordSecret": {"name": h.secret_name, "key": "password"},
+            "allowedNamespaces": {"names": [ns]},
         },
     }));
     h.result(&format!(

@@ -167,6 +167,8 @@ impl Forge {
             tree: root,
             program_version: "hostile".into(),
             summary: Summary::default(),
+
+            identity: None,
         };
         self.repo.save(&snapshot).expect("save snapshot")
     }

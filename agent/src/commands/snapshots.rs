@@ -15,6 +15,10 @@ pub struct SnapshotsArgs {
     /// Only snapshots carrying all of these tags; repeatable.
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
+    /// Only snapshots the node agent took of this series (`<namespace>/pvc/<claim>` or
+    /// `<namespace>/pod/<pod>/<volume>`), by their recorded identity.
+    #[arg(long, value_name = "SERIES")]
+    pub series: Option<String>,
 }
 
 /// `ls` arguments.
@@ -46,6 +50,7 @@ pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
         .snapshots()?
         .into_iter()
         .filter(|(_, s)| a.tags.iter().all(|t| s.has_tag(t)))
+        .filter(|(_, s)| a.series.as_deref().is_none_or(|k| s.series() == Some(k)))
         .collect();
     if cli.json {
         let v: Vec<_> = snaps
@@ -54,7 +59,7 @@ pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
                 serde_json::json!({
                     "id": id.to_hex(), "time": s.time().to_rfc3339(), "hostname": s.hostname,
                     "paths": s.paths, "tags": s.tags, "parent": s.parent.map(|p| p.to_hex()),
-                    "tree": s.tree.to_hex(), "summary": s.summary,
+                    "tree": s.tree.to_hex(), "summary": s.summary, "identity": s.identity(),
                 })
             })
             .collect();
@@ -63,7 +68,7 @@ pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
     }
     println!(
         "{:<10} {:<20} {:<16} {:>10}  {:<30} tags",
-        "id", "time (UTC)", "host", "size", "paths"
+        "id", "time (UTC)", "host", "size", "series or paths"
     );
     for (id, s) in &snaps {
         println!(
@@ -72,7 +77,7 @@ pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
             s.time().format("%Y-%m-%d %H:%M:%S"),
             s.hostname,
             bytes(s.summary.total_bytes),
-            s.paths.join(","),
+            s.series().map_or_else(|| s.paths.join(","), str::to_string),
             s.tags.join(",")
         );
     }

@@ -28,6 +28,7 @@ use podvault_proto::crd::{
 };
 use podvault_proto::k8s::{Series, RESTORE_MARKER_DIR};
 use podvault_proto::retention::RetentionPolicy;
+use podvault_proto::snapshot::Identity;
 
 use super::outcome::Reason;
 use crate::archiver::BackupOptions;
@@ -289,14 +290,15 @@ impl ProgressThrottle {
     }
 }
 
-/// Engine backup options for a volume at `path`: the snapshot `tags` (series, namespace, pod,
-/// pod uid, PVC, volume, node, then the spec's own), the spec's excludes plus the restore
-/// marker directory, the series' latest snapshot as parent, and the node as host.
+/// Engine backup options for a volume at `path`: the snapshot's `identity` (recorded by the
+/// agent; the engine takes the latest snapshot of the same series as the parent), the spec's
+/// `tags` (already checked for reserved keys), the spec's excludes plus the restore marker
+/// directory, and the node as host.
 pub fn backup_options(
     path: &std::path::Path,
-    tags: Vec<String>,
+    identity: Identity,
+    tags: &[String],
     excludes: &[String],
-    parent: Option<String>,
     node: &str,
 ) -> BackupOptions {
     let mut excludes = excludes.to_vec();
@@ -307,9 +309,10 @@ pub fn backup_options(
         stdin: false,
         stdin_from_command: false,
         stdin_filename: None,
-        tags,
+        tags: tags.to_vec(),
         excludes,
-        parent,
+        parent: None,
+        identity: Some(identity),
         force: false,
         host: Some(node.to_string()),
         threads: None,
@@ -317,7 +320,8 @@ pub fn backup_options(
     }
 }
 
-/// Forget options applying `policy` to exactly the snapshots of `series` (one group).
+/// Forget options applying `policy` to exactly the snapshots whose recorded identity is
+/// `series` (one group; tags never select).
 pub fn forget_options(policy: &RetentionPolicy, series: &Series) -> ForgetOptions {
     ForgetOptions {
         keep_last: policy.last,
@@ -327,7 +331,8 @@ pub fn forget_options(policy: &RetentionPolicy, series: &Series) -> ForgetOption
         keep_monthly: policy.monthly,
         keep_yearly: policy.yearly,
         keep_tags: policy.tags.clone(),
-        tags: vec![series.tag()],
+        tags: Vec::new(),
+        series: Some(series.key()),
         group_by: String::new(),
         dry_run: false,
     }
@@ -639,22 +644,28 @@ status: {{phase: {phase}}}
 
     #[test]
     fn engine_options_from_spec() {
+        let p = pod(Some(NODE), "Running");
+        let identity = podvault_proto::k8s::volume_identity(&p, "data", NODE, Some("op")).unwrap();
         let o = backup_options(
             std::path::Path::new("/k/pods/u/volumes/x/data"),
-            vec!["series=shop/pvc/data-web-0".into()],
+            identity.clone(),
+            &["app=shop".into()],
             &["*.tmp".into()],
-            Some("abcd".into()),
             NODE,
         );
         assert_eq!(o.host.as_deref(), Some(NODE));
-        assert_eq!(o.parent.as_deref(), Some("abcd"));
+        // The engine picks the parent by the identity's series.
+        assert_eq!(o.parent, None);
+        assert_eq!(o.identity, Some(identity));
+        assert_eq!(o.tags, vec!["app=shop".to_string()]);
         assert_eq!(o.excludes, vec!["*.tmp".to_string(), ".podvault".into()]);
         assert!(!o.force);
 
         let policy: RetentionPolicy = "last=3,daily=7".parse().unwrap();
         let f = forget_options(&policy, &Series::claim("shop", "data-web-0"));
         assert_eq!((f.keep_last, f.keep_daily, f.keep_hourly), (3, 7, 0));
-        assert_eq!(f.tags, vec!["series=shop/pvc/data-web-0".to_string()]);
+        assert!(f.tags.is_empty());
+        assert_eq!(f.series.as_deref(), Some("shop/pvc/data-web-0"));
         assert_eq!(f.group_by, "");
         assert!(!f.dry_run);
 

@@ -15,8 +15,9 @@
 //! turns the result into its final status, like a volume backup's.
 //!
 //! [`execute_dump_restore`] is the way back: a PodVolumeRestore with `spec.dump` streams the
-//! dump file of a snapshot into a restore command in the pod (`psql`), through `pods/exec`
-//! with standard input. The command sees EOF only after the whole dump was read and
+//! dump file of a snapshot into the restore command the pod declares (annotation
+//! `backup.podvault.dev/restore-command`, e.g. `psql`), through `pods/exec` with standard
+//! input. A PodVolumeRestore selects that command; it can never define one. The command sees EOF only after the whole dump was read and
 //! verified; a dump that cannot be read to its end closes the connection instead, so the
 //! command never mistakes a cut-off dump for a complete one (what it applied before that is
 //! the command's business: use `psql --single-transaction -v ON_ERROR_STOP=1`).
@@ -27,10 +28,14 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use podvault_proto::crd::{OperationStatus, PodVolumeBackupSpec, PodVolumeRestoreSpec};
-use podvault_proto::k8s::{dump_snapshot_tags, Series, BACKUP_COMMAND, BACKUP_COMMAND_FILENAME};
+use podvault_proto::k8s::{
+    check_user_tags, dump_identity, Series, BACKUP_COMMAND, BACKUP_COMMAND_FILENAME,
+    RESTORE_COMMAND,
+};
+use podvault_proto::snapshot::Identity;
 
 use super::exec::{exec_io, run_streamed, ExecSpec, Exit, Stdin, Stdout, StreamReader};
-use super::hooks::DumpCommand;
+use super::hooks::{container_names, DumpCommand};
 use super::outcome::{Failure, Reason, Report};
 use super::prepare::Prepared;
 use super::repo::RepoSettings;
@@ -76,29 +81,40 @@ pub async fn dump_with<T: Send + 'static>(
     saved.map_err(|e| Failure::new(Reason::DumpFailed, e))?
 }
 
-/// Saves a dump's stdout as the one file `filename` of a new snapshot tagged `tags` in the
-/// repository `repo` (the engine's stream backup: chunked, deduplicated, compressed,
-/// encrypted; a read error — the command failed, timed out or its exit is unknown — writes no
-/// snapshot). Returns the snapshot written.
+/// What a dump snapshot records about where it comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct DumpTarget<'a> {
+    /// This node (the snapshot's host).
+    pub node: &'a str,
+    /// The PodVolumeBackup's uid.
+    pub uid: &'a str,
+}
+
+/// Saves a dump's stdout as the one file `filename` of a new snapshot with `identity` and the
+/// user's `tags` in the repository `repo` (the engine's stream backup: chunked, deduplicated,
+/// compressed, encrypted; the parent is the latest snapshot of the identity's series; a read
+/// error — the command failed, timed out or its exit is unknown — writes no snapshot).
+/// Returns the snapshot written.
 pub fn save_stream(
     reader: StreamReader,
     repo: &RepoSettings,
-    filename: &str,
+    identity: Identity,
     tags: &[String],
-    host: &str,
     progress: &Progress,
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<crate::archiver::BackupOutcome, Failure> {
     let what = format!("BackupRepository {}", repo.name);
     let opened = super::repo::open_or_init(repo).map_err(|e| Failure::engine(&what, &e))?;
+    let filename = identity.dump.clone().unwrap_or_default();
     let opts = crate::archiver::BackupOptions {
         stdin: true,
-        stdin_filename: Some(filename.to_owned()),
+        stdin_filename: Some(filename.clone()),
         tags: tags.to_vec(),
-        host: Some(host.to_owned()),
+        host: Some(identity.node.clone()),
+        identity: Some(identity),
         ..Default::default()
     };
-    crate::archiver::backup_stream(&opened, filename, reader, &opts, progress, cancel).map_err(
+    crate::archiver::backup_stream(&opened, &filename, reader, &opts, progress, cancel).map_err(
         |e| match e {
             crate::Error::Canceled => Failure::new(Reason::Canceled, "canceled"),
             crate::Error::Stream { .. } => Failure::new(Reason::DumpFailed, e.to_string()),
@@ -112,7 +128,7 @@ pub fn save_stream(
 /// in the dump's series, then the spec's retention. Returns the final status.
 pub async fn execute_dump(
     client: Client,
-    node: &str,
+    target: DumpTarget<'_>,
     spec: &PodVolumeBackupSpec,
     p: Prepared,
     base: &OperationStatus,
@@ -120,7 +136,16 @@ pub async fn execute_dump(
     cancel: Arc<AtomicBool>,
 ) -> Report {
     let mut report = Report::pending(base);
-    let outcome = run_dump(client, node, spec, p, &mut report, progress.clone(), cancel).await;
+    let outcome = run_dump(
+        client,
+        target,
+        spec,
+        p,
+        &mut report,
+        progress.clone(),
+        cancel,
+    )
+    .await;
     report.finish(
         outcome,
         &progress,
@@ -132,7 +157,7 @@ pub async fn execute_dump(
 
 async fn run_dump(
     client: Client,
-    node: &str,
+    target: DumpTarget<'_>,
     spec: &PodVolumeBackupSpec,
     p: Prepared,
     report: &mut Report,
@@ -142,6 +167,7 @@ async fn run_dump(
     let ns = p.pod.metadata.namespace.clone().unwrap_or_default();
     let pod = p.pod.metadata.name.clone().unwrap_or_default();
     let retention = super::execute::retention_of(spec)?;
+    check_user_tags(&spec.tags).map_err(|e| Failure::new(Reason::InvalidSpec, e.to_string()))?;
     let dump = dump_of(&p.pod)?.ok_or_else(|| {
         Failure::new(
             Reason::InvalidSpec,
@@ -160,11 +186,10 @@ async fn run_dump(
     }
     let series = Series::of_pod_dump(&p.pod, &dump.filename);
     report.status.series = Some(series.key());
-    let mut tags = dump_snapshot_tags(&p.pod, &dump.filename, node);
-    tags.extend(spec.tags.iter().cloned());
-    let (repo, filename, host) = (p.repo.clone(), dump.filename.clone(), node.to_string());
+    let identity = dump_identity(&p.pod, &dump.filename, target.node, Some(target.uid));
+    let (repo, tags) = (p.repo.clone(), spec.tags.clone());
     let saved = dump_with(client, &ns, &pod, &dump, move |reader| {
-        save_stream(reader, &repo, &filename, &tags, &host, &progress, &cancel)
+        save_stream(reader, &repo, identity, &tags, &progress, &cancel)
     })
     .await?;
     let summary = &saved.snapshot.summary;
@@ -200,19 +225,20 @@ async fn run_dump(
 /// The dump command of `pod`, if it has one (malformed annotations are an error naming them).
 pub fn dump_of(pod: &Pod) -> Result<Option<DumpCommand>, Failure> {
     let name = pod.metadata.name.as_deref().unwrap_or_default();
-    let containers: Vec<String> = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
-        .unwrap_or_default();
     let empty = Default::default();
-    super::hooks::parse_dump(
-        pod.metadata.annotations.as_ref().unwrap_or(&empty),
-        name,
-        &containers,
-        &super::hooks::volume_names(pod),
-    )
-    .map_err(|e| Failure::new(Reason::InvalidHook, e.to_string()))
+    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+    let (containers, volumes) = (container_names(pod), super::hooks::volume_names(pod));
+    super::hooks::parse_dump(annotations, name, &containers, &volumes)
+        .map_err(|e| Failure::new(Reason::InvalidHook, e.to_string()))
+}
+
+/// The restore command `pod` declares (annotation [`RESTORE_COMMAND`]), if any; malformed
+/// annotations are an error naming them.
+pub fn restore_command_of(pod: &Pod) -> Result<Option<DumpCommand>, Failure> {
+    let empty = Default::default();
+    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+    super::hooks::parse_restore_command(annotations, &container_names(pod))
+        .map_err(|e| Failure::new(Reason::InvalidHook, e.to_string()))
 }
 
 /// Default time a restore command may run.
@@ -297,33 +323,36 @@ async fn run_dump_restore(
     };
     let pod_name = p.pod.metadata.name.clone().unwrap_or_default();
     let invalid = |m: String| Failure::new(Reason::InvalidSpec, m);
-    if d.command.is_empty() {
-        return Err(invalid("spec.dump.command is empty".into()));
+    // The command is the pod owner's to declare: whoever may create a PodVolumeRestore need
+    // not be allowed to run commands in the pod (pods/exec), and the agent's exec right must
+    // not stand in for theirs.
+    if !d.command.is_empty() {
+        return Err(invalid(format!(
+            "spec.dump.command is not accepted: a PodVolumeRestore cannot choose the command \
+             run in pod {namespace}/{pod_name}; its owner declares it with the annotation \
+             {RESTORE_COMMAND} (remove spec.dump.command)"
+        )));
     }
-    let containers: Vec<String> = p
-        .pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
-        .unwrap_or_default();
-    let container = match &d.container {
-        Some(c) if containers.contains(c) => c.clone(),
-        Some(c) => {
-            return Err(invalid(format!(
-                "spec.dump.container {c:?} is not a container of pod {namespace}/{pod_name} \
-                 (it has {containers:?})"
-            )))
-        }
-        None => containers
-            .first()
-            .cloned()
-            .ok_or_else(|| invalid(format!("pod {namespace}/{pod_name} has no container")))?,
-    };
+    if let Some(c) = &d.container {
+        return Err(invalid(format!(
+            "spec.dump.container {c:?} is not accepted: the pod's annotation \
+             {RESTORE_COMMAND}-container names the container (remove spec.dump.container)"
+        )));
+    }
+    let declared = restore_command_of(&p.pod)?.ok_or_else(|| {
+        invalid(format!(
+            "pod {namespace}/{pod_name} declares no restore command (annotation \
+             {RESTORE_COMMAND}); a PodVolumeRestore with spec.dump streams the dump only into \
+             the command the pod declares"
+        ))
+    })?;
+    let container = declared.container.clone();
     let timeout = match &d.timeout {
         Some(t) => humantime::parse_duration(t)
             .map_err(|e| invalid(format!("spec.dump.timeout {t:?}: {e}")))?,
-        None => DEFAULT_RESTORE_TIMEOUT,
+        None => declared.timeout,
     };
+    let command = declared.command;
     spec.snapshot
         .validate()
         .map_err(|e| Failure::new(Reason::InvalidSpec, e))?;
@@ -384,7 +413,7 @@ async fn run_dump_restore(
         namespace: namespace.to_string(),
         pod: pod_name.clone(),
         container: container.clone(),
-        command: d.command.clone(),
+        command: command.clone(),
         timeout,
     };
     let out = exec_io(&client, &exec_spec, Stdout::Tail, Some(rx)).await;
@@ -393,7 +422,7 @@ async fn run_dump_restore(
         .map_err(|e| Failure::new(Reason::Panic, format!("the dump reader failed: {e}")))?;
     let what = format!(
         "restore command {} in container {container:?} of pod {namespace}/{pod_name}",
-        serde_json::to_string(&d.command).unwrap_or_default()
+        serde_json::to_string(&command).unwrap_or_default()
     );
     let stderr = out.stderr_note();
     // The API server never started the command: it saw no input at all.

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use podvault_proto::crd::{OperationStatus, PodVolumeBackupSpec, PodVolumeRestoreSpec};
 use podvault_proto::k8s::{
-    check_restore_namespace, resolve_volume, snapshot_namespace, snapshot_tags, Series,
+    check_restore_namespace, check_user_tags, resolve_volume, volume_identity, Series,
     VolumeLocation, VolumePolicy, RESTORE_MARKER_DIR,
 };
 use podvault_proto::retention::RetentionPolicy;
@@ -44,6 +44,8 @@ pub struct NodeSettings {
 pub struct BackupJob {
     /// The PodVolumeBackup's namespace.
     pub namespace: String,
+    /// Its uid (recorded in the snapshot's identity).
+    pub uid: String,
     /// Its spec.
     pub spec: PodVolumeBackupSpec,
     /// The pod (fetched).
@@ -115,24 +117,21 @@ fn run_backup(
         .map_err(|e| Failure::new(Reason::Volume, e.to_string()))?;
     status.series = Some(series.key());
     let retention = retention_of(spec)?;
+    check_user_tags(&spec.tags).map_err(|e| Failure::new(Reason::InvalidSpec, e.to_string()))?;
     let loc = locate_volume(&job.pod, &spec.volume, job.pv.as_ref(), &job.node)?;
     status.host_path = Some(loc.path.display().to_string());
-    let mut tags = snapshot_tags(&job.pod, &spec.volume, &job.node.node)
+    let identity = volume_identity(&job.pod, &spec.volume, &job.node.node, Some(&job.uid))
         .map_err(|e| Failure::new(Reason::Volume, e.to_string()))?;
-    tags.extend(spec.tags.iter().cloned());
     let repo = open_or_init(&job.repo)
         .map_err(|e| Failure::engine(&format!("BackupRepository {}", job.repo.name), &e))?;
-    let parent = match repo.find_snapshot_where("latest", |s| s.has_tag(&series.tag())) {
-        Ok((id, _)) => Some(id.to_hex()),
-        Err(Error::SnapshotNotFound(_)) => None,
-        Err(e) => {
-            return Err(Failure::engine(
-                "looking up the series' latest snapshot",
-                &e,
-            ))
-        }
-    };
-    let opts = backup_options(&loc.path, tags, &spec.excludes, parent, &job.node.node);
+    // The engine takes the series' latest snapshot (by recorded identity) as the parent.
+    let opts = backup_options(
+        &loc.path,
+        identity,
+        &spec.tags,
+        &spec.excludes,
+        &job.node.node,
+    );
     let outcome = crate::archiver::backup(&repo, &opts, progress, cancel).map_err(|e| match e {
         Error::Canceled => Failure::new(Reason::Canceled, "canceled"),
         e => Failure::engine(&format!("backup of {}", loc.path.display()), &e),
@@ -326,7 +325,8 @@ pub fn restore_snapshot(
                 &settings.spec,
             )
             .map_err(|e| Failure::new(Reason::Isolation, e.to_string()))?;
-            repo.find_snapshot_where("latest", |s| s.has_tag(&series.tag()))
+            let key = series.key();
+            repo.find_snapshot_where("latest", |s| s.series() == Some(key.as_str()))
                 .map_err(|e| match e {
                     Error::SnapshotNotFound(_) => Failure::new(
                         Reason::SnapshotNotFound,
@@ -343,7 +343,7 @@ pub fn restore_snapshot(
     check_restore_namespace(
         namespace,
         &hex,
-        snapshot_namespace(&snapshot.tags),
+        snapshot.namespace(),
         &settings.name,
         &settings.spec,
     )

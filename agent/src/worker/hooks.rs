@@ -38,8 +38,11 @@
 //!   of a pod with hook or backup-command annotations fails with `exec_not_allowed` rather
 //!   than silently backing up without the hook.
 //!
-//! The logical-dump annotations ([`BACKUP_COMMAND`] and friends) are parsed here too
-//! ([`parse_dump`]); their command is `/bin/sh -c <value>` unless the value is a JSON array.
+//! The logical-dump annotations ([`BACKUP_COMMAND`] and friends, [`RESTORE_COMMAND`] and
+//! friends) are parsed here too ([`parse_dump`], [`parse_restore_command`]); their command is
+//! `/bin/sh -c <value>` unless the value is a JSON array. Every command the agent runs in a
+//! pod comes from the pod's own annotations, never from a PodVolumeBackup or
+//! PodVolumeRestore: only who may change the pod (and so its image) declares what runs in it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -52,7 +55,8 @@ use kube::Client;
 use podvault_proto::crd::OperationStatus;
 use podvault_proto::k8s::{
     BACKUP_COMMAND, BACKUP_COMMAND_CONTAINER, BACKUP_COMMAND_TIMEOUT, HOOK_COMMAND, HOOK_CONTAINER,
-    HOOK_ON_ERROR, HOOK_TIMEOUT, POST_HOOK_PREFIX, PRE_HOOK_PREFIX, VELERO_POST_HOOK_PREFIX,
+    HOOK_ON_ERROR, HOOK_TIMEOUT, POST_HOOK_PREFIX, PRE_HOOK_PREFIX, RESTORE_COMMAND,
+    RESTORE_COMMAND_CONTAINER, RESTORE_COMMAND_TIMEOUT, VELERO_POST_HOOK_PREFIX,
     VELERO_PRE_HOOK_PREFIX,
 };
 
@@ -378,6 +382,47 @@ pub fn parse_dump(
     }))
 }
 
+/// The restore command declared by the annotations of a pod with `containers`:
+/// [`RESTORE_COMMAND`] (JSON argv or a shell command), in [`RESTORE_COMMAND_CONTAINER`] (else
+/// the backup command's container, else the first), for at most [`RESTORE_COMMAND_TIMEOUT`]
+/// (default 1 h). `None` when the pod declares none. The returned `filename` is empty.
+pub fn parse_restore_command(
+    annotations: &BTreeMap<String, String>,
+    containers: &[String],
+) -> Result<Option<DumpCommand>, HookError> {
+    let Some(value) = annotations.get(RESTORE_COMMAND) else {
+        return Ok(None);
+    };
+    let command = if value.trim().starts_with('[') {
+        parse_command(RESTORE_COMMAND, value)?
+    } else if value.trim().is_empty() {
+        return Err(HookError::EmptyCommand {
+            annotation: RESTORE_COMMAND.into(),
+        });
+    } else {
+        vec!["/bin/sh".into(), "-c".into(), value.trim().to_string()]
+    };
+    let (key, named) = match annotations.get(RESTORE_COMMAND_CONTAINER) {
+        Some(c) => (RESTORE_COMMAND_CONTAINER, Some(c)),
+        None => (
+            BACKUP_COMMAND_CONTAINER,
+            annotations.get(BACKUP_COMMAND_CONTAINER),
+        ),
+    };
+    let container = container_of(key, named, containers)?;
+    let timeout = parse_timeout(
+        RESTORE_COMMAND_TIMEOUT,
+        annotations.get(RESTORE_COMMAND_TIMEOUT),
+        DEFAULT_DUMP_TIMEOUT,
+    )?;
+    Ok(Some(DumpCommand {
+        container,
+        command,
+        filename: String::new(),
+        timeout,
+    }))
+}
+
 /// True when the pod asks for anything that needs `pods/exec` (hooks or a dump), even if
 /// the annotation is malformed.
 pub fn wants_exec(annotations: &BTreeMap<String, String>) -> Option<String> {
@@ -421,15 +466,19 @@ pub fn exec_plan(pod: &Pod, node: &str, allow_exec: bool) -> Result<PodHooks, Fa
             ),
         ));
     }
-    let containers: Vec<String> = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
-        .unwrap_or_default();
+    let containers = container_names(pod);
     let invalid = |e: HookError| Failure::new(Reason::InvalidHook, format!("pod {ns}/{name}: {e}"));
     // A bad dump annotation is reported too, even though this backup is a volume's.
     parse_dump(annotations, name, &containers, &volume_names(pod)).map_err(invalid)?;
     parse_hooks(annotations, &containers).map_err(invalid)
+}
+
+/// The names of the pod's containers, in order.
+pub fn container_names(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .as_ref()
+        .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default()
 }
 
 /// The names in the pod's `spec.volumes`.
@@ -1014,5 +1063,50 @@ mod tests {
         let (r, log) = run(None, None, completed, false);
         assert_eq!(log, ["BACKUP"]);
         assert_eq!(r.result, OpResult::Completed);
+    }
+
+    #[test]
+    fn restore_command_comes_from_the_pod() {
+        let containers = vec!["app".to_string(), "sidecar".to_string()];
+        let none = BTreeMap::new();
+        assert_eq!(parse_restore_command(&none, &containers).unwrap(), None);
+        let shell: BTreeMap<String, String> = [(
+            RESTORE_COMMAND.to_string(),
+            "psql -U postgres -d postgres".to_string(),
+        )]
+        .into();
+        let d = parse_restore_command(&shell, &containers).unwrap().unwrap();
+        assert_eq!(d.command, ["/bin/sh", "-c", "psql -U postgres -d postgres"]);
+        assert_eq!(d.container, "app");
+        assert_eq!(d.timeout, DEFAULT_DUMP_TIMEOUT);
+        // The backup command's container, unless the restore command names its own.
+        let mut a = shell.clone();
+        a.insert(BACKUP_COMMAND_CONTAINER.into(), "sidecar".into());
+        a.insert(RESTORE_COMMAND_TIMEOUT.into(), "10m".into());
+        let d = parse_restore_command(&a, &containers).unwrap().unwrap();
+        assert_eq!(d.container, "sidecar");
+        assert_eq!(d.timeout, Duration::from_secs(600));
+        a.insert(RESTORE_COMMAND_CONTAINER.into(), "app".into());
+        assert_eq!(
+            parse_restore_command(&a, &containers)
+                .unwrap()
+                .unwrap()
+                .container,
+            "app"
+        );
+        a.insert(RESTORE_COMMAND_CONTAINER.into(), "nope".into());
+        let err = parse_restore_command(&a, &containers).unwrap_err();
+        assert!(err.to_string().contains(RESTORE_COMMAND_CONTAINER), "{err}");
+        let argv: BTreeMap<String, String> =
+            [(RESTORE_COMMAND.to_string(), r#"["psql","-X"]"#.to_string())].into();
+        assert_eq!(
+            parse_restore_command(&argv, &containers)
+                .unwrap()
+                .unwrap()
+                .command,
+            ["psql", "-X"]
+        );
+        let empty: BTreeMap<String, String> = [(RESTORE_COMMAND.to_string(), " ".into())].into();
+        assert!(parse_restore_command(&empty, &containers).is_err());
     }
 }

@@ -93,6 +93,7 @@ impl Operation for PodVolumeBackup {
     ) -> Report {
         let job = BackupJob {
             namespace: self.namespace().unwrap_or_default(),
+            uid: self.uid().unwrap_or_default(),
             spec: self.spec.clone(),
             pod: p.pod,
             pv: p.pv,
@@ -475,9 +476,11 @@ pub async fn run_operation<K: Operation>(
                 // Dumps run the command through pods/exec; volumes run the engine.
                 let cancel = run.cancel.clone();
                 let report = if let Some(spec) = obj.dump_spec() {
-                    let node = &ctx.node.node;
+                    let (node, uid) = (&ctx.node.node, obj.uid().unwrap_or_default());
                     let client = ctx.client.clone();
-                    super::dump::execute_dump(client, node, spec, p, &base, progress, cancel).await
+                    let target = super::dump::DumpTarget { node, uid: &uid };
+                    super::dump::execute_dump(client, target, spec, p, &base, progress, cancel)
+                        .await
                 } else if let Some(spec) = obj.dump_restore_spec() {
                     let client = ctx.client.clone();
                     super::dump::execute_dump_restore(client, &ns, spec, p, &base, progress, cancel)

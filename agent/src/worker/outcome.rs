@@ -39,6 +39,9 @@ pub enum Reason {
     SecretNotFound,
     /// The BackupRepository does not exist.
     RepositoryNotFound,
+    /// The BackupRepository's `spec.allowedNamespaces` does not allow the operation's
+    /// namespace.
+    RepositoryNotAllowed,
     /// The BackupRepository or its Secrets are incomplete or invalid.
     RepositoryConfig,
     /// Another agent is creating the repository and did not finish in time.
@@ -101,6 +104,7 @@ impl Reason {
             Reason::PvNotFound => "pv_not_found",
             Reason::SecretNotFound => "secret_not_found",
             Reason::RepositoryNotFound => "repository_not_found",
+            Reason::RepositoryNotAllowed => "repository_not_allowed",
             Reason::RepositoryConfig => "repository_config",
             Reason::RepositoryBusy => "repository_busy",
             Reason::Api => "api",

@@ -6,7 +6,13 @@
 //! with `spec.nodeName=<this node>`; a GET only when the cache misses it), one GET each for a
 //! claim-backed volume's PVC and PV, and — at most once per [`REPO_CACHE_TTL`] per
 //! BackupRepository — one GET of the BackupRepository and of each of its Secrets (from the
-//! agent's own namespace only).
+//! agent's own namespace only). When the BackupRepository allows namespaces by a label
+//! selector, one GET of the operation's Namespace per operation.
+//!
+//! Access: every operation's namespace must be allowed by the BackupRepository's
+//! `spec.allowedNamespaces` (see `podvault_proto::k8s::isolation`), checked before the
+//! repository is created, opened or read, on settings at most [`REPO_CACHE_TTL`] old — a
+//! repository that stops allowing a namespace refuses it within that time.
 //!
 //! First use of a repository: every annotated pod ticks at the same second, so many agents
 //! reach a BackupRepository that does not exist yet at once. The engine's creation is atomic
@@ -20,13 +26,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
-use podvault_proto::crd::{BackupRepository, BackupRepositoryStatus};
-use podvault_proto::k8s::{claim_name, find_volume};
+use podvault_proto::crd::{BackupRepository, BackupRepositorySpec, BackupRepositoryStatus};
+use podvault_proto::k8s::{access_needs_labels, check_repository_access, claim_name, find_volume};
 
 use super::agent::Agent;
 use super::decide::{placement, PodPlacement};
@@ -163,7 +169,7 @@ pub async fn prepare(
         }
     };
     let name = repository.unwrap_or(&ctx.default_repository);
-    let repo = repository_settings(ctx, name, create).await?;
+    let repo = repository_settings(ctx, name, ns, create).await?;
     Ok(Prepared { pod, pv, repo })
 }
 
@@ -260,15 +266,42 @@ async fn read_repository(ctx: &Agent, name: &str) -> Result<BackupRepository, Fa
         })
 }
 
-/// Settings of BackupRepository `name` (cached for [`REPO_CACHE_TTL`]); with `create`, the
-/// repository is made to exist first (see the module docs).
+/// Refuses an operation in `namespace` on BackupRepository `name` unless its
+/// `spec.allowedNamespaces` allows the namespace (its labels read from the API server when
+/// the repository has a selector).
+async fn check_access(
+    ctx: &Agent,
+    name: &str,
+    spec: &BackupRepositorySpec,
+    namespace: &str,
+) -> Result<(), Failure> {
+    let labels = if access_needs_labels(spec) {
+        let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+        let ns = namespaces
+            .get_opt(namespace)
+            .await
+            .map_err(api_failure(format!("reading Namespace {namespace}")))?;
+        Some(ns.and_then(|n| n.metadata.labels).unwrap_or_default())
+    } else {
+        None
+    };
+    check_repository_access(name, spec, namespace, labels.as_ref())
+        .map_err(|e| Failure::new(Reason::RepositoryNotAllowed, e.to_string()))
+}
+
+/// Settings of BackupRepository `name` (cached for [`REPO_CACHE_TTL`]), for an operation in
+/// `namespace`, which the repository must allow (checked before anything is read from or
+/// written to it); with `create`, the repository is made to exist first (see the module
+/// docs).
 async fn repository_settings(
     ctx: &Agent,
     name: &str,
+    namespace: &str,
     create: bool,
 ) -> Result<RepoSettings, Failure> {
     if let Some((s, initialized)) = ctx.repos.get(name) {
         if initialized || !create {
+            check_access(ctx, name, &s.spec, namespace).await?;
             return Ok(s);
         }
     }
@@ -288,6 +321,7 @@ async fn repository_settings(
     };
     let s = settings(name, &repo.spec, &password, credentials.as_ref())
         .map_err(|m| Failure::new(Reason::RepositoryConfig, m))?;
+    check_access(ctx, name, &repo.spec, namespace).await?;
     let initialized = repo.status.as_ref().is_some_and(|st| st.initialized);
     if create && !initialized {
         ensure_created(ctx, repo, &s).await?;

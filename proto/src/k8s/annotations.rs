@@ -51,6 +51,15 @@ pub const BACKUP_COMMAND_CONTAINER: &str = "backup.podvault.dev/backup-command-c
 pub const BACKUP_COMMAND_FILENAME: &str = "backup.podvault.dev/backup-command-filename";
 /// How long [`BACKUP_COMMAND`] may run (default 1 h).
 pub const BACKUP_COMMAND_TIMEOUT: &str = "backup.podvault.dev/backup-command-timeout";
+/// Pod annotation: the restore command a PodVolumeRestore with `spec.dump` streams a dump
+/// into (JSON argv, or a shell command run by `/bin/sh -c`). Declared by the pod's owner: a
+/// PodVolumeRestore can select it, never define one.
+pub const RESTORE_COMMAND: &str = "backup.podvault.dev/restore-command";
+/// Pod annotation: container of the restore command (else the backup command's, else the
+/// first).
+pub const RESTORE_COMMAND_CONTAINER: &str = "backup.podvault.dev/restore-command-container";
+/// Pod annotation: how long the restore command may run (default 1 h).
+pub const RESTORE_COMMAND_TIMEOUT: &str = "backup.podvault.dev/restore-command-timeout";
 
 /// Label on controller-created PVBs: hash of the series key (see [`super::Series::hash`]).
 pub const LABEL_SERIES: &str = "podvault.dev/series";

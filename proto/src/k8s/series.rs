@@ -19,6 +19,8 @@ use std::str::FromStr;
 
 use k8s_openapi::api::core::v1::Pod;
 
+use crate::snapshot::{Identity, IdentityKind};
+
 use super::volume::{claim_name, find_volume, VolumeError};
 
 /// What a series follows.
@@ -127,11 +129,6 @@ impl Series {
     pub fn hash(&self) -> String {
         format!("{:016x}", fnv1a64(self.key().as_bytes()))
     }
-
-    /// The snapshot tag naming this series (`series=<key>`): retention selects by it.
-    pub fn tag(&self) -> String {
-        format!("series={}", self.key())
-    }
 }
 
 impl fmt::Display for Series {
@@ -159,42 +156,57 @@ impl FromStr for Series {
     }
 }
 
-/// The tags the agent records on a snapshot of `volume` of `pod`, taken on `node`:
-/// `series=…`, `namespace=…`, `pod=…`, `pod-uid=…`, `pvc=…` (claim-backed volumes only),
-/// `volume=…`, `node=…`.
-pub fn snapshot_tags(pod: &Pod, volume: &str, node: &str) -> Result<Vec<String>, VolumeError> {
+/// The identity the agent records on a snapshot of `volume` of `pod`, taken on `node` for the
+/// PodVolumeBackup whose uid is `operation_uid`: everything from the pod (read from the API
+/// server) and the node, nothing from the operation's spec.
+pub fn volume_identity(
+    pod: &Pod,
+    volume: &str,
+    node: &str,
+    operation_uid: Option<&str>,
+) -> Result<Identity, VolumeError> {
     let series = Series::of_pod_volume(pod, volume)?;
     let vol = find_volume(pod, volume)?;
-    let mut tags = identity_tags(&series, pod);
-    if let Some(claim) = claim_name(pod, vol) {
-        tags.push(format!("pvc={claim}"));
+    let mut id = identity(&series, pod, IdentityKind::Volume, node, operation_uid);
+    id.pvc = claim_name(pod, vol);
+    id.volume = Some(volume.to_string());
+    Ok(id)
+}
+
+/// The identity the agent records on a logical dump named `name` of `pod`, taken on `node`
+/// for the PodVolumeBackup whose uid is `operation_uid`.
+pub fn dump_identity(pod: &Pod, name: &str, node: &str, operation_uid: Option<&str>) -> Identity {
+    let mut id = identity(
+        &Series::of_pod_dump(pod, name),
+        pod,
+        IdentityKind::Dump,
+        node,
+        operation_uid,
+    );
+    id.dump = Some(name.to_string());
+    id
+}
+
+fn identity(
+    series: &Series,
+    pod: &Pod,
+    kind: IdentityKind,
+    node: &str,
+    operation_uid: Option<&str>,
+) -> Identity {
+    Identity {
+        kind,
+        namespace: series.namespace.clone(),
+        series: series.key(),
+        pod: pod.metadata.name.clone().unwrap_or_default(),
+        pod_uid: pod.metadata.uid.clone().unwrap_or_default(),
+        pvc: None,
+        volume: None,
+        dump: None,
+        node: node.to_string(),
+        operation_uid: operation_uid.map(str::to_string),
+        legacy: false,
     }
-    tags.push(format!("volume={volume}"));
-    tags.push(format!("node={node}"));
-    Ok(tags)
-}
-
-/// The tags the agent records on a logical dump named `name` of `pod`, taken on `node`:
-/// `series=…`, `namespace=…`, `pod=…`, `pod-uid=…`, `dump=…`, `node=…`.
-pub fn dump_snapshot_tags(pod: &Pod, name: &str, node: &str) -> Vec<String> {
-    let mut tags = identity_tags(&Series::of_pod_dump(pod, name), pod);
-    tags.push(format!("dump={name}"));
-    tags.push(format!("node={node}"));
-    tags
-}
-
-/// `series=…`, `namespace=…`, `pod=…`, `pod-uid=…`: what every snapshot the agent takes
-/// starts with.
-fn identity_tags(series: &Series, pod: &Pod) -> Vec<String> {
-    vec![
-        series.tag(),
-        format!("namespace={}", series.namespace),
-        format!("pod={}", pod.metadata.name.as_deref().unwrap_or_default()),
-        format!(
-            "pod-uid={}",
-            pod.metadata.uid.as_deref().unwrap_or_default()
-        ),
-    ]
 }
 
 /// FNV-1a, 64 bit: tiny, dependency-free and fixed forever (labels depend on it).
@@ -289,23 +301,26 @@ spec:
     }
 
     #[test]
-    fn tags() {
+    fn identities() {
         let p = pod(POD);
-        assert_eq!(
-            snapshot_tags(&p, "data", "node-a").unwrap(),
-            vec![
-                "series=shop/pvc/data-web-0",
-                "namespace=shop",
-                "pod=web-0",
-                "pod-uid=1111-2222",
-                "pvc=data-web-0",
-                "volume=data",
-                "node=node-a"
-            ]
-        );
-        assert!(!snapshot_tags(&p, "scratch", "n")
-            .unwrap()
-            .iter()
-            .any(|t| t.starts_with("pvc=")));
+        let id = volume_identity(&p, "data", "node-a", Some("op-1")).unwrap();
+        assert_eq!(id.series, "shop/pvc/data-web-0");
+        assert_eq!(id.namespace, "shop");
+        assert_eq!(id.pod, "web-0");
+        assert_eq!(id.pod_uid, "1111-2222");
+        assert_eq!(id.pvc.as_deref(), Some("data-web-0"));
+        assert_eq!(id.volume.as_deref(), Some("data"));
+        assert_eq!(id.node, "node-a");
+        assert_eq!(id.operation_uid.as_deref(), Some("op-1"));
+        assert_eq!(id.kind, IdentityKind::Volume);
+        assert!(id.is_consistent());
+        let scratch = volume_identity(&p, "scratch", "n", None).unwrap();
+        assert_eq!(scratch.pvc, None);
+        assert_eq!(scratch.series, "shop/pod/web-0/scratch");
+        let dump = dump_identity(&p, "db.sql", "n", None);
+        assert_eq!(dump.series, "shop/pod/web-0/db.sql");
+        assert_eq!(dump.kind, IdentityKind::Dump);
+        assert_eq!(dump.dump.as_deref(), Some("db.sql"));
+        assert!(dump.is_consistent());
     }
 }

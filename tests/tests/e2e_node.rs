@@ -1,0 +1,743 @@
+//! Hostile namespaces on a real node: the shipped deployment (`deploy/crds/`,
+//! `deploy/manifests/`, an image of this build's binaries) on a real Kubernetes node (kubelet,
+//! containerd, real pods, real volumes, real `pods/exec`), with two namespaces sharing one
+//! S3 repository. Each attack a namespace admin could make must fail and say why, and the
+//! victim's snapshots, retention and restores stay untouched:
+//!
+//! 1. look-alike `spec.tags` (the victim's series, namespace, pod uid) on the attacker's
+//!    PodVolumeBackups: refused (`invalid_spec`), and the victim's parent and retention
+//!    (`last=2`) see only the victim's own snapshots;
+//! 2. the victim's `snapshot.latest: {}` restores the victim's latest; the attacker cannot
+//!    restore the victim's snapshot by id (`isolation`);
+//! 3. a ServiceAccount that may create PodVolumeRestores but not `pods/exec` cannot run a
+//!    command in the victim's pod through `spec.dump.command` (`invalid_spec`, no file
+//!    appears); the command the pod declares (`restore-command`) is what runs;
+//! 4. a namespace the BackupRepository does not list can neither use it by hand
+//!    (`repository_not_allowed`) nor get backups scheduled into it (a `RepositoryNotAllowed`
+//!    event, no PodVolumeBackup).
+//!
+//! Runs only when `PODVAULT_E2E_KUBECONFIG` names an admin kubeconfig of such a cluster
+//! (`../shared/kcluster/` makes one); skipped otherwise. Needs `kubectl` on `PATH`, `strip`,
+//! `ctr` (containerd), `s3s-fs` (`tests/run.sh` installs it), and the image tool
+//! (`PODVAULT_E2E_IMAGE_TOOL`, default `../shared/kcluster/images/build_images.py` beside the
+//! workspace). The binaries are this build's (`PODVAULT_E2E_BIN_DIR` to use others, e.g.
+//! `target/release`); they are stripped into an image tagged as the manifests name it and
+//! imported into containerd, and the DaemonSet and Deployment are restarted onto it. The S3
+//! server listens on the node's own address (pods cannot reach the host's 127.0.0.1).
+//! Steps are printed one per line, for pasting into notes.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use podvault_tests::kube::{status, Kubectl};
+use podvault_tests::podvault_bin;
+use serde_json::{json, Value};
+
+const KUBECONFIG_ENV: &str = "PODVAULT_E2E_KUBECONFIG";
+/// The image the shipped manifests name.
+const IMAGE: &str = "ghcr.io/podvault/podvault:0.1.0";
+const PODVAULT_NS: &str = "podvault";
+const OP_TIMEOUT: Duration = Duration::from_secs(180);
+
+struct Run {
+    kube: Kubectl,
+    run: String,
+    started: Instant,
+    step: String,
+    work: tempfile::TempDir,
+    s3: Option<Child>,
+    s3_endpoint: String,
+    bucket: String,
+    repo: String,
+    victim: String,
+    attacker: String,
+    outsider: String,
+    pv_dir: PathBuf,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            println!("\n===== e2e_node FAILED: agent and controller logs =====");
+            for what in ["ds/podvault-agent", "deploy/podvault-controller"] {
+                let out = self.kube.run(
+                    &[
+                        "logs",
+                        "-n",
+                        PODVAULT_NS,
+                        what,
+                        "--tail=60",
+                        "--all-containers",
+                    ],
+                    None,
+                );
+                println!(
+                    "----- {what} -----\n{}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+        }
+        for ns in [&self.victim, &self.attacker, &self.outsider] {
+            let _ = self
+                .kube
+                .run(&["delete", "namespace", ns, "--wait=false"], None);
+        }
+        let _ = self.kube.run(
+            &["delete", "backuprepository", &self.repo, "--wait=false"],
+            None,
+        );
+        let _ = self.kube.run(
+            &[
+                "delete",
+                "pv",
+                &format!("e2e-{}-attacker", self.run),
+                "--wait=false",
+            ],
+            None,
+        );
+        let _ = self.kube.run(
+            &[
+                "delete",
+                "secret",
+                "-n",
+                PODVAULT_NS,
+                &format!("{}-password", self.repo),
+                &format!("{}-s3", self.repo),
+                "--wait=false",
+            ],
+            None,
+        );
+        if let Some(mut s3) = self.s3.take() {
+            let _ = s3.kill();
+            let _ = s3.wait();
+        }
+        let _ = fs::remove_dir_all(&self.pv_dir);
+    }
+}
+
+impl Run {
+    fn step(&mut self, id: &str, what: &str) {
+        self.step = id.to_string();
+        println!(
+            "[{:6.1}s] step {id}: {what}",
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    fn result(&self, what: &str) {
+        println!(
+            "[{:6.1}s] step {}: {what}",
+            self.started.elapsed().as_secs_f64(),
+            self.step
+        );
+    }
+
+    fn workspace() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    /// Stripped copies of this build's binaries, as an image the manifests name, imported
+    /// into containerd.
+    fn build_image(&self) {
+        let bins = std::env::var_os("PODVAULT_E2E_BIN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| podvault_bin().parent().unwrap().to_path_buf());
+        let dir = self.work.path().join("bin");
+        fs::create_dir_all(&dir).unwrap();
+        for b in ["podvault", "podvault-controller"] {
+            let src = bins.join(b);
+            assert!(
+                src.exists(),
+                "{} is missing: cargo build -p podvault -p podvault-controller",
+                src.display()
+            );
+            let st = Command::new("strip")
+                .arg("--strip-debug")
+                .arg(&src)
+                .arg("-o")
+                .arg(dir.join(b))
+                .status()
+                .expect("strip");
+            assert!(st.success(), "strip {}", src.display());
+        }
+        let tool = std::env::var_os("PODVAULT_E2E_IMAGE_TOOL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Self::workspace().join("../shared/kcluster/images/build_images.py"));
+        let out = Command::new("python3")
+            .arg(&tool)
+            .args(["podvault"])
+            .arg(&dir)
+            .args(["--out"])
+            .arg(self.work.path())
+            .args(["--tag", IMAGE, "--import"])
+            .output()
+            .expect("run the image tool");
+        assert!(
+            out.status.success(),
+            "{} failed:\n{}{}",
+            tool.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `kubectl apply -f deploy/crds/ && kubectl apply -f deploy/manifests/`, verbatim, then
+    /// the workloads restarted onto the image just imported.
+    fn install(&self) {
+        let deploy = Self::workspace().join("deploy");
+        for dir in ["crds", "manifests"] {
+            self.kube
+                .ok(&["apply", "-f", deploy.join(dir).to_str().unwrap()]);
+        }
+        self.kube.ok(&[
+            "rollout",
+            "restart",
+            "-n",
+            PODVAULT_NS,
+            "daemonset/podvault-agent",
+            "deployment/podvault-controller",
+        ]);
+        for what in ["daemonset/podvault-agent", "deployment/podvault-controller"] {
+            self.kube.ok(&[
+                "rollout",
+                "status",
+                "-n",
+                PODVAULT_NS,
+                what,
+                "--timeout=180s",
+            ]);
+        }
+    }
+
+    fn node_ip(&self) -> String {
+        let nodes: Value =
+            serde_json::from_str(&self.kube.ok(&["get", "nodes", "-o", "json"])).unwrap();
+        nodes["items"][0]["status"]["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["type"] == "InternalIP")
+            .and_then(|a| a["address"].as_str())
+            .expect("node InternalIP")
+            .to_string()
+    }
+
+    /// s3s-fs on the node's address, a bucket, the Secrets and the shared BackupRepository
+    /// (allowed: victim and attacker).
+    fn repository(&mut self) {
+        let ip = self.node_ip();
+        let port = {
+            let l = std::net::TcpListener::bind((ip.as_str(), 0)).expect("bind on the node IP");
+            l.local_addr().unwrap().port()
+        };
+        let root = self.work.path().join("s3");
+        fs::create_dir_all(root.join(&self.bucket)).unwrap();
+        let s3s = std::env::var_os("PODVAULT_E2E_S3S")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo/bin/s3s-fs")
+            });
+        let log = fs::File::create(self.work.path().join("s3s.log")).unwrap();
+        self.s3 = Some(
+            Command::new(&s3s)
+                .args(["--host", &ip, "--port", &port.to_string()])
+                .args([
+                    "--access-key",
+                    "e2e-access",
+                    "--secret-key",
+                    "e2e-secret-key",
+                ])
+                .arg(&root)
+                .stdout(Stdio::from(log.try_clone().unwrap()))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("start {} (tests/run.sh installs it): {e}", s3s.display())
+                }),
+        );
+        self.s3_endpoint = format!("http://{ip}:{port}");
+        self.kube.wait(
+            "s3s-fs to listen",
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || std::net::TcpStream::connect((ip.as_str(), port)).ok(),
+        );
+        let repo = &self.repo;
+        self.kube.apply(&format!(
+            "apiVersion: v1
+kind: Secret
+metadata: {{name: {repo}-password, namespace: {PODVAULT_NS}}}
+stringData: {{password: e2e-shared-password}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: {repo}-s3, namespace: {PODVAULT_NS}}}
+stringData: {{AWS_ACCESS_KEY_ID: e2e-access, AWS_SECRET_ACCESS_KEY: e2e-secret-key}}
+---
+apiVersion: podvault.dev/v1alpha1
+kind: BackupRepository
+metadata: {{name: {repo}}}
+spec:
+  backend:
+    s3: {{endpoint: '{}', bucket: {}, region: us-east-1, pathStyle: true}}
+  passwordSecret: {{name: {repo}-password, key: password}}
+  credentialsSecret: {{name: {repo}-s3}}
+  allowedNamespaces: {{names: [{}, {}]}}
+",
+            self.s3_endpoint, self.bucket, self.victim, self.attacker
+        ));
+    }
+
+    /// The repository's snapshots, read on the host with the CLI (`--json`).
+    fn snapshots(&self, series: &str) -> Vec<Value> {
+        let out = Command::new(podvault_bin())
+            .args(["--json", "snapshots", "--series", series])
+            .env("PODVAULT_REPOSITORY", format!("s3://{}", self.bucket))
+            .env("PODVAULT_S3_ENDPOINT", &self.s3_endpoint)
+            .env("PODVAULT_PASSWORD", "e2e-shared-password")
+            .env("AWS_ACCESS_KEY_ID", "e2e-access")
+            .env("AWS_SECRET_ACCESS_KEY", "e2e-secret-key")
+            .env("PODVAULT_NO_CACHE", "true")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podvault snapshots: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// A busybox pod `app` in `ns` with volume `data` (`volume` is its YAML source) and
+    /// extra annotations; waits until it runs.
+    fn pod(&self, ns: &str, volume: &str, annotations: &str) {
+        self.kube.apply(&format!(
+            "apiVersion: v1
+kind: Pod
+metadata:
+  name: app
+  namespace: {ns}
+  annotations: {{{annotations}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: local/busybox:1
+    imagePullPolicy: Never
+    command: [sh, -c, 'while true; do sleep 3600; done']
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes:
+  - {{name: data, {volume}}}
+"
+        ));
+        self.kube.ok(&[
+            "wait",
+            "--for=condition=Ready",
+            "-n",
+            ns,
+            "pod/app",
+            "--timeout=120s",
+        ]);
+    }
+
+    fn write(&self, ns: &str, text: &str) {
+        let (ok, _) = self.kube.exec(
+            ns,
+            "app",
+            &["sh", "-c", &format!("echo {text} > /data/ledger")],
+        );
+        assert!(ok, "writing /data/ledger in {ns}/app");
+    }
+
+    fn read(&self, ns: &str) -> String {
+        let (ok, out) = self.kube.exec(ns, "app", &["cat", "/data/ledger"]);
+        assert!(ok, "reading /data/ledger in {ns}/app");
+        out.trim().to_string()
+    }
+
+    /// Creates a PodVolumeBackup or PodVolumeRestore (as `who`) and waits for its end.
+    fn operation(&self, who: &Kubectl, kind: &str, ns: &str, name: &str, spec: Value) -> Value {
+        let k = if kind == "pvb" {
+            "PodVolumeBackup"
+        } else {
+            "PodVolumeRestore"
+        };
+        who.create(&json!({
+            "apiVersion": "podvault.dev/v1alpha1", "kind": k,
+            "metadata": {"name": name, "namespace": ns}, "spec": spec,
+        }));
+        self.kube.wait_finished(kind, ns, name, OP_TIMEOUT)
+    }
+}
+
+fn expect(v: &Value, phase: &str, reason: Option<&str>) -> String {
+    let message = status(v, "message");
+    assert_eq!(
+        status(v, "phase"),
+        phase,
+        "{}",
+        serde_json::to_string_pretty(&v["status"]).unwrap()
+    );
+    if let Some(r) = reason {
+        assert_eq!(status(v, "reason"), r, "{message}");
+    }
+    message
+}
+
+#[test]
+fn hostile_namespaces_on_a_real_node() {
+    let Some(admin) = std::env::var_os(KUBECONFIG_ENV).filter(|v| !v.is_empty()) else {
+        println!("e2e_node: skipped (set PODVAULT_E2E_KUBECONFIG to an admin kubeconfig)");
+        return;
+    };
+    let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let kc_pv = PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kcluster/pv");
+    let mut r = Run {
+        kube: Kubectl::new(PathBuf::from(admin)),
+        started: Instant::now(),
+        step: String::new(),
+        work: tempfile::Builder::new()
+            .prefix("podvault-e2e-node-")
+            .tempdir()
+            .unwrap(),
+        s3: None,
+        s3_endpoint: String::new(),
+        bucket: format!("e2e-{run_id}"),
+        repo: format!("e2e-{run_id}"),
+        victim: format!("victim-{run_id}"),
+        attacker: format!("attacker-{run_id}"),
+        outsider: format!("outsider-{run_id}"),
+        pv_dir: std::env::var_os("PODVAULT_E2E_PV_DIR")
+            .map(PathBuf::from)
+            .unwrap_or(kc_pv)
+            .join(format!("e2e-{run_id}-attacker")),
+        run: run_id,
+    };
+    let (victim, attacker, outsider, repo) = (
+        r.victim.clone(),
+        r.attacker.clone(),
+        r.outsider.clone(),
+        r.repo.clone(),
+    );
+
+    r.step(
+        "setup",
+        "image of this build's binaries, imported into containerd",
+    );
+    r.build_image();
+    r.step(
+        "setup",
+        "kubectl apply -f deploy/crds/ && kubectl apply -f deploy/manifests/",
+    );
+    r.install();
+    r.result("agent DaemonSet and controller Deployment rolled out");
+    r.step(
+        "setup",
+        "S3 (s3s-fs on the node IP), BackupRepository allowing victim and attacker",
+    );
+    for ns in [&victim, &attacker, &outsider] {
+        r.kube.ok(&["create", "namespace", ns]);
+    }
+    r.repository();
+    r.result(&format!("repository {repo} at {}", r.s3_endpoint));
+
+    r.step(
+        "setup",
+        "victim pod (emptyDir), attacker pod (local PV), tenant identities",
+    );
+    r.pod(
+        &victim,
+        "emptyDir: {}",
+        "backup.podvault.dev/backup-command: 'cat /data/ledger', \
+         backup.podvault.dev/backup-command-filename: ledger.dump, \
+         backup.podvault.dev/restore-command: 'cat > /data/from-dump'",
+    );
+    fs::create_dir_all(&r.pv_dir).unwrap();
+    let pv = format!("e2e-{}-attacker", r.run);
+    r.kube.apply(&format!(
+        "apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: {pv}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: manual
+  local: {{path: {}}}
+  claimRef: {{namespace: {attacker}, name: data}}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{{key: kubernetes.io/hostname, operator: Exists}}]
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: data, namespace: {attacker}}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  resources: {{requests: {{storage: 1Gi}}}}
+  volumeName: {pv}
+",
+        r.pv_dir.display()
+    ));
+    r.pod(&attacker, "persistentVolumeClaim: {claimName: data}", "");
+    // The attacker: admin of its namespace (the built-in `admin` role) plus podvault's kinds.
+    // The restorer: may create PodVolumeRestores in the victim's namespace, nothing else.
+    for (ns, sa, extra) in [
+        (&attacker, "tenant-admin", true),
+        (&victim, "restorer", false),
+    ] {
+        r.kube.apply(&format!(
+            "apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {sa}, namespace: {ns}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: {sa}-podvault, namespace: {ns}}}
+rules:
+- apiGroups: [podvault.dev]
+  resources: [{}]
+  verbs: [create, get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: {sa}-podvault, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {sa}-podvault}}
+subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]
+",
+            if extra {
+                "podvolumebackups, podvolumerestores"
+            } else {
+                "podvolumerestores"
+            }
+        ));
+        if extra {
+            r.kube.ok(&[
+                "create",
+                "rolebinding",
+                &format!("{sa}-admin"),
+                "-n",
+                ns,
+                "--clusterrole=admin",
+                &format!("--serviceaccount={ns}:{sa}"),
+            ]);
+        }
+    }
+    let tenant = r
+        .kube
+        .as_user(&format!("system:serviceaccount:{attacker}:tenant-admin"));
+    let restorer = r
+        .kube
+        .as_user(&format!("system:serviceaccount:{victim}:restorer"));
+    let series = format!("{victim}/pod/app/data");
+
+    // ----- 1 -----
+    r.step(
+        "1",
+        "look-alike spec.tags cannot take the victim's parent or retention slots",
+    );
+    let backup = |r: &Run, name: &str| {
+        r.operation(
+            &r.kube,
+            "pvb",
+            &victim,
+            name,
+            json!({"pod": "app", "volume": "data", "repository": repo, "retention": "last=2"}),
+        )
+    };
+    r.write(&victim, "v1");
+    let v1 = status(&backup(&r, "v1"), "snapshotId");
+    r.write(&victim, "v2");
+    let v2 = status(&backup(&r, "v2"), "snapshotId");
+    r.result(&format!(
+        "victim snapshots {} and {} (retention last=2)",
+        &v1[..8],
+        &v2[..8]
+    ));
+    let victim_uid = r.kube.get("pod", "app", &victim).unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 0..3 {
+        let v = r.operation(
+            &tenant,
+            "pvb",
+            &attacker,
+            &format!("forged-{i}"),
+            json!({"pod": "app", "volume": "data", "repository": repo, "tags": [
+                format!("series={series}"), format!("namespace={victim}"), "pod=app",
+                format!("pod-uid={victim_uid}")]}),
+        );
+        let m = expect(&v, "Failed", Some("invalid_spec"));
+        assert!(
+            m.contains(&format!("series={series}")) && m.contains("reserved"),
+            "{m}"
+        );
+        if i == 0 {
+            r.result(&format!(
+                "attacker PVB with the victim's tags: Failed invalid_spec: {m}"
+            ));
+        }
+    }
+    r.write(&victim, "v3");
+    let b3 = backup(&r, "v3");
+    let m3 = expect(&b3, "Completed", None);
+    let v3 = status(&b3, "snapshotId");
+    assert!(m3.contains("retention removed 1 snapshot(s)"), "{m3}");
+    let snaps = r.snapshots(&series);
+    let ids: Vec<&str> = snaps.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        vec![v2.as_str(), v3.as_str()],
+        "the victim keeps its own two"
+    );
+    assert_eq!(
+        snaps[1]["parent"].as_str(),
+        Some(v2.as_str()),
+        "parent is the victim's own"
+    );
+    r.result(&format!(
+        "victim backup 3: {m3}; series holds {} and {} (parent {})",
+        &v2[..8],
+        &v3[..8],
+        &v2[..8]
+    ));
+
+    // ----- 2 -----
+    r.step(
+        "2",
+        "the victim's latest restore restores its own; the attacker cannot read it",
+    );
+    r.write(&victim, "overwritten");
+    let v = r.operation(
+        &r.kube,
+        "pvr",
+        &victim,
+        "latest",
+        json!({"pod": "app", "volume": "data", "repository": repo, "snapshot": {"latest": {}}}),
+    );
+    expect(&v, "Completed", None);
+    assert_eq!(status(&v, "snapshotId"), v3);
+    assert_eq!(r.read(&victim), "v3");
+    r.result(&format!(
+        "victim PVR latest: Completed from {}, /data/ledger = v3",
+        &v3[..8]
+    ));
+    let v = r.operation(
+        &tenant,
+        "pvr",
+        &attacker,
+        "steal",
+        json!({"pod": "app", "volume": "data", "repository": repo, "snapshot": {"id": v3}}),
+    );
+    let m = expect(&v, "Failed", Some("isolation"));
+    r.result(&format!(
+        "attacker PVR of the victim's snapshot: Failed isolation: {m}"
+    ));
+
+    // ----- 3 -----
+    r.step(
+        "3",
+        "no command through the agent without the pod's declaration",
+    );
+    let can = restorer.run(
+        &["auth", "can-i", "create", "pods/exec", "-n", &victim],
+        None,
+    );
+    assert_eq!(String::from_utf8_lossy(&can.stdout).trim(), "no");
+    let d = r.operation(
+        &r.kube,
+        "pvb",
+        &victim,
+        "dump",
+        json!({"pod": "app", "volume": "ledger.dump", "dump": true, "repository": repo}),
+    );
+    expect(&d, "Completed", None);
+    let v = r.operation(
+        &restorer,
+        "pvr",
+        &victim,
+        "pwn",
+        json!({"pod": "app", "volume": "ledger.dump", "repository": repo, "snapshot": {"latest": {}},
+               "dump": {"command": ["sh", "-c", "echo pwned > /data/pwned"]}}),
+    );
+    let m = expect(&v, "Failed", Some("invalid_spec"));
+    let (exists, _) = r.kube.exec(&victim, "app", &["test", "-e", "/data/pwned"]);
+    assert!(!exists, "/data/pwned must not exist");
+    r.result(&format!("restorer (can-i create pods/exec: no) PVR with spec.dump.command: Failed invalid_spec, no /data/pwned: {m}"));
+    let v = r.operation(&restorer, "pvr", &victim, "declared", json!({"pod": "app", "volume": "ledger.dump", "repository": repo, "snapshot": {"latest": {}}, "dump": {}}));
+    expect(&v, "Completed", None);
+    let (_, restored) = r.kube.exec(&victim, "app", &["cat", "/data/from-dump"]);
+    assert_eq!(restored.trim(), "v3");
+    r.result("restorer PVR selecting the pod's declared restore-command: Completed, /data/from-dump = v3");
+
+    // ----- 4 -----
+    r.step(
+        "4",
+        "a namespace the repository does not list cannot use it",
+    );
+    r.pod(&outsider, "emptyDir: {}", "");
+    let v = r.operation(
+        &r.kube,
+        "pvb",
+        &outsider,
+        "into-shared",
+        json!({"pod": "app", "volume": "data", "repository": repo}),
+    );
+    let m = expect(&v, "Failed", Some("repository_not_allowed"));
+    r.result(&format!("outsider PVB: Failed repository_not_allowed: {m}"));
+    r.kube.ok(&[
+        "annotate",
+        "pod",
+        "app",
+        "-n",
+        &outsider,
+        "backup.podvault.dev/backup-volumes=data",
+        "backup.podvault.dev/schedule=* * * * *",
+        &format!("backup.podvault.dev/repository={repo}"),
+    ]);
+    let note = r.kube.wait(
+        "a RepositoryNotAllowed event on the outsider's pod",
+        Duration::from_secs(150),
+        Duration::from_secs(2),
+        || {
+            r.kube
+                .list("events.v1.events.k8s.io", &outsider)
+                .into_iter()
+                .find_map(|e| {
+                    (e["reason"] == "RepositoryNotAllowed")
+                        .then(|| e["note"].as_str().unwrap_or_default().to_string())
+                })
+        },
+    );
+    let scheduled: Vec<Value> = r
+        .kube
+        .list("pvb", &outsider)
+        .into_iter()
+        .filter(|p| p["metadata"]["name"] != "into-shared")
+        .collect();
+    assert!(
+        scheduled.is_empty(),
+        "no PodVolumeBackup may be scheduled: {scheduled:?}"
+    );
+    r.result(&format!(
+        "outsider annotated pod: event RepositoryNotAllowed, no PVB created: {note}"
+    ));
+
+    r.step("end", "the victim's series is as it left it");
+    let ids: Vec<String> = r
+        .snapshots(&series)
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, vec![v2.clone(), v3.clone()]);
+    r.result(&format!("series {series}: {}, {}", &v2[..8], &v3[..8]));
+}
