@@ -468,8 +468,11 @@ async fn execute_dump_writes_a_snapshot_only_for_a_complete_dump() {
     let (client, _) = stand_in().await;
     let dir = tempfile::tempdir().unwrap();
     let repo = fs_repo(dir.path());
+    // Each run is another PodVolumeBackup (its own uid: the same one would adopt).
+    let runs = std::sync::atomic::AtomicU32::new(0);
     let run = |word: &'static str, volume: &'static str, cancel: bool| {
         let (client, repo) = (client.clone(), repo.clone());
+        let uid = format!("pvb-uid-{}", runs.fetch_add(1, Ordering::Relaxed));
         async move {
             let prepared = Prepared {
                 pod: dump_pod(word),
@@ -478,7 +481,7 @@ async fn execute_dump_writes_a_snapshot_only_for_a_complete_dump() {
             };
             let target = podvault::worker::dump::DumpTarget {
                 node: "node-a",
-                uid: "pvb-uid-1",
+                uid: &uid,
             };
             execute_dump(
                 client,
@@ -534,7 +537,7 @@ async fn execute_dump_writes_a_snapshot_only_for_a_complete_dump() {
     assert_eq!(identity.pod, "pg-0");
     assert_eq!(identity.pod_uid, "uid-pg-0");
     assert_eq!(identity.node, "node-a");
-    assert_eq!(identity.operation_uid.as_deref(), Some("pvb-uid-1"));
+    assert_eq!(identity.operation_uid.as_deref(), Some("pvb-uid-0"));
     assert!(
         snap.tags.is_empty(),
         "identity is not in the tags: {:?}",

@@ -346,3 +346,29 @@ fn look_alikes_never_select_the_victims_snapshots() {
         "victim v3"
     );
 }
+
+/// An agent that stopped after saving a PodVolumeBackup's snapshot and before recording it
+/// leaves the PVB InProgress; the agent that resumes it adopts that snapshot (found by the
+/// PVB's uid in the identity) instead of taking a second one.
+#[test]
+fn a_resumed_backup_adopts_the_snapshot_its_operation_already_saved() {
+    let w = World::new();
+    let dir = empty_dir(&w.root, "uid-victim");
+    fs::write(dir.join("ledger"), "one").unwrap();
+    let spec = "{pod: app, volume: data}";
+    let first = completed(&w.backup("victim", "uid-victim", spec, "op-1"));
+    fs::write(dir.join("ledger"), "two").unwrap();
+    let resumed = w.backup("victim", "uid-victim", spec, "op-1");
+    assert_eq!(
+        completed(&resumed),
+        first,
+        "the same PVB's snapshot, adopted"
+    );
+    let m = resumed.status.message.unwrap();
+    assert!(m.contains("adopted, not taken again"), "{m}");
+    assert_eq!(w.open().snapshots().unwrap().len(), 1, "no second snapshot");
+    // Another PVB of the same volume takes its own.
+    let next = completed(&w.backup("victim", "uid-victim", spec, "op-2"));
+    assert_ne!(next, first);
+    assert_eq!(w.open().snapshots().unwrap().len(), 2);
+}

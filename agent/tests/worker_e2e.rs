@@ -236,6 +236,11 @@ fn round_trip(repo: RepoSettings) {
 
     // A second backup uses the first as parent (nothing re-read), and retention last=1 leaves
     // only it in the series.
+    // Another PodVolumeBackup (its own uid: the same uid would adopt the first snapshot).
+    let job = BackupJob {
+        uid: "pvb-uid-1b".into(),
+        ..job
+    };
     let second = execute_backup(
         &job,
         &claimed_backup(),
@@ -389,6 +394,10 @@ fn round_trip(repo: RepoSettings) {
 
     // A canceled backup ends Canceled and writes no snapshot.
     let before = r.snapshots().unwrap().len();
+    let job = BackupJob {
+        uid: "pvb-uid-canceled".into(),
+        ..job
+    };
     let canceled = execute_backup(
         &job,
         &claimed_backup(),
@@ -538,7 +547,10 @@ fn two_backups_of_a_fresh_repository_at_once(repo: RepoSettings, rounds: usize) 
                 .map(|(p, v)| {
                     let job = BackupJob {
                         namespace: "shop".into(),
-                        uid: "pvb-uid-3".into(),
+                        uid: format!(
+                            "pvb-{}-{round}",
+                            p.metadata.name.as_deref().unwrap_or_default()
+                        ),
                         spec: serde_yaml::from_str("{pod: web, volume: data}").unwrap(),
                         pod: p.clone(),
                         pv: Some(v.clone()),

@@ -3,8 +3,11 @@
 //! CRDs and RBAC, drive real PodVolumeBackups and PodVolumeRestores on kubelet-shaped
 //! directories.
 //!
-//! Runs only when `PODVAULT_E2E_KUBECONFIG` names an admin kubeconfig of a cluster it may
-//! write to (skipped otherwise, and says so). Needs `kubectl` on `PATH` and the binaries
+//! Runs only when `PODVAULT_E2E_APISERVER_KUBECONFIG` names an admin kubeconfig of a bare
+//! API server (kube-apiserver + etcd, nothing else) it may write to (skipped otherwise, and
+//! says so). On a cluster with nodes, use `tests/tests/e2e_node.rs` (`PODVAULT_E2E_KUBECONFIG`):
+//! this test invents nodes and fakes what a kubelet does, which a real controller-manager
+//! and kubelet undo. Needs `kubectl` on `PATH` and the binaries
 //! built (`cargo build -p podvault -p podvault-controller`; `cargo test --workspace` builds
 //! both).
 //!
@@ -50,7 +53,7 @@ use rand::SeedableRng;
 use serde_json::{json, Value};
 
 /// Environment variable naming the admin kubeconfig.
-const KUBECONFIG_ENV: &str = "PODVAULT_E2E_KUBECONFIG";
+const KUBECONFIG_ENV: &str = "PODVAULT_E2E_APISERVER_KUBECONFIG";
 /// Label carrying an operation's node.
 const LABEL_NODE: &str = "podvault.dev/node";
 /// The agent's finalizer on operations.
@@ -774,7 +777,7 @@ fn stderr_without_skew(err: &[u8]) -> String {
 #[test]
 fn podvault_against_a_real_api_server() {
     let Some(admin) = std::env::var_os(KUBECONFIG_ENV).filter(|v| !v.is_empty()) else {
-        println!("e2e_cluster: skipped (set PODVAULT_E2E_KUBECONFIG to an admin kubeconfig)");
+        println!("e2e_cluster: skipped (set PODVAULT_E2E_APISERVER_KUBECONFIG to an admin kubeconfig of a bare API server)");
         return;
     };
     let admin = PathBuf::from(admin);

@@ -16,6 +16,14 @@
 //!    (`repository_not_allowed`) nor get backups scheduled into it (a `RepositoryNotAllowed`
 //!    event, no PodVolumeBackup).
 //!
+//! Then the everyday flow on the same node, with real pods: 5. a two-volume pod (local PV
+//! and emptyDir) backed up at its first scheduled tick; 6. an in-place Clean restore that
+//! brings back exactly the snapshot's files; 7. a restore into a new pod held by
+//! `podvault restore-wait` (init container of the shipped image); 8. cancel and 9. delete of
+//! a running backup (no snapshot); 10. the agent pod deleted during a backup (the PVB
+//! completes with exactly one snapshot); 11. pre/post hooks through real `pods/exec`;
+//! 12. a PVB naming a missing pod (`pod_not_found`).
+//!
 //! Runs only when `PODVAULT_E2E_KUBECONFIG` names an admin kubeconfig of such a cluster
 //! (`../shared/kcluster/` makes one); skipped otherwise. Needs `kubectl` on `PATH`, `strip`,
 //! `ctr` (containerd), `s3s-fs` (`tests/run.sh` installs it), and the image tool
@@ -32,7 +40,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use podvault_tests::kube::{status, Kubectl};
-use podvault_tests::podvault_bin;
+use podvault_tests::{fill, generate_tree, podvault_bin};
+use rand::SeedableRng;
 use serde_json::{json, Value};
 
 const KUBECONFIG_ENV: &str = "PODVAULT_E2E_KUBECONFIG";
@@ -92,7 +101,8 @@ impl Drop for Run {
             &[
                 "delete",
                 "pv",
-                &format!("e2e-{}-attacker", self.run),
+                "-l",
+                &format!("e2e-run={}", self.run),
                 "--wait=false",
             ],
             None,
@@ -290,38 +300,38 @@ spec:
         ));
     }
 
-    /// The repository's snapshots, read on the host with the CLI (`--json`).
+    /// The repository's snapshots of `series`, read on the host with the CLI (`--json`).
     fn snapshots(&self, series: &str) -> Vec<Value> {
-        let out = Command::new(podvault_bin())
-            .args(["--json", "snapshots", "--series", series])
-            .env("PODVAULT_REPOSITORY", format!("s3://{}", self.bucket))
-            .env("PODVAULT_S3_ENDPOINT", &self.s3_endpoint)
-            .env("PODVAULT_PASSWORD", "e2e-shared-password")
-            .env("AWS_ACCESS_KEY_ID", "e2e-access")
-            .env("AWS_SECRET_ACCESS_KEY", "e2e-secret-key")
-            .env("PODVAULT_NO_CACHE", "true")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "podvault snapshots: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout)
+        let out = self.cli(&["--json", "snapshots", "--series", series]);
+        serde_json::from_slice::<Value>(&out)
             .unwrap()
             .as_array()
             .unwrap()
             .clone()
     }
 
-    /// A busybox pod `app` in `ns` with volume `data` (`volume` is its YAML source) and
+    /// A busybox pod `app` in `ns` with volume `data` (`source` is its YAML source) and
     /// extra annotations; waits until it runs.
-    fn pod(&self, ns: &str, volume: &str, annotations: &str) {
+    fn pod(&self, ns: &str, source: &str, annotations: &str) {
+        self.pod_named(ns, "app", &[("data", source)], annotations);
+    }
+
+    /// A busybox pod `name` in `ns` with `volumes` (name, YAML source), each mounted at
+    /// `/<name>`, and extra annotations; waits until it runs.
+    fn pod_named(&self, ns: &str, name: &str, volumes: &[(&str, &str)], annotations: &str) {
+        let mounts: Vec<String> = volumes
+            .iter()
+            .map(|(v, _)| format!("{{name: {v}, mountPath: /{v}}}"))
+            .collect();
+        let sources: Vec<String> = volumes
+            .iter()
+            .map(|(v, source)| format!("{{name: {v}, {source}}}"))
+            .collect();
         self.kube.apply(&format!(
             "apiVersion: v1
 kind: Pod
 metadata:
-  name: app
+  name: {name}
   namespace: {ns}
   annotations: {{{annotations}}}
 spec:
@@ -331,17 +341,19 @@ spec:
     image: local/busybox:1
     imagePullPolicy: Never
     command: [sh, -c, 'while true; do sleep 3600; done']
-    volumeMounts: [{{name: data, mountPath: /data}}]
-  volumes:
-  - {{name: data, {volume}}}
-"
+    volumeMounts: [{}]
+  volumes: [{}]
+",
+            mounts.join(", "),
+            sources.join(", ")
         ));
+        let pod = format!("pod/{name}");
         self.kube.ok(&[
             "wait",
             "--for=condition=Ready",
             "-n",
             ns,
-            "pod/app",
+            &pod,
             "--timeout=120s",
         ]);
     }
@@ -373,6 +385,141 @@ spec:
             "metadata": {"name": name, "namespace": ns}, "spec": spec,
         }));
         self.kube.wait_finished(kind, ns, name, OP_TIMEOUT)
+    }
+}
+
+impl Run {
+    /// A local PersistentVolume `e2e-<run>-<name>` at `<pv dir>/<name>` (created) bound to
+    /// claim `ns/claim`; returns its host directory.
+    fn local_pv(&self, name: &str, ns: &str, claim: &str) -> PathBuf {
+        let dir = self.pv_dir.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        let pv = format!("e2e-{}-{name}", self.run);
+        self.kube.apply(&format!(
+            "apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: {pv}, labels: {{e2e-run: '{}'}}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: manual
+  local: {{path: {}}}
+  claimRef: {{namespace: {ns}, name: {claim}}}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{{key: kubernetes.io/hostname, operator: Exists}}]
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: {claim}, namespace: {ns}}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  resources: {{requests: {{storage: 1Gi}}}}
+  volumeName: {pv}
+",
+            self.run,
+            dir.display()
+        ));
+        dir
+    }
+
+    /// Waits until `kind ns/name` is InProgress with some bytes done.
+    fn wait_running(&self, kind: &str, ns: &str, name: &str) {
+        let what = format!("{kind} {ns}/{name} to run");
+        self.kube
+            .wait(&what, OP_TIMEOUT, Duration::from_millis(100), || {
+                let v = self.kube.get(kind, name, ns)?;
+                let phase = status(&v, "phase");
+                assert!(
+                    !["Completed", "Failed", "Canceled"].contains(&phase.as_str()),
+                    "{kind} {name} finished before it could be interrupted: {}",
+                    v["status"]
+                );
+                let done = v["status"]["progress"]["bytesDone"].as_u64().unwrap_or(0);
+                (phase == "InProgress" && done > 0).then_some(())
+            });
+    }
+
+    /// How many snapshots of `series` name the PodVolumeBackup with uid `uid`.
+    fn snapshots_of(&self, series: &str, uid: &str) -> usize {
+        self.snapshots(series)
+            .iter()
+            .filter(|s| s["identity"]["operation_uid"].as_str() == Some(uid))
+            .count()
+    }
+
+    /// `podvault dump <snapshot> <file>` on the host: the file's bytes.
+    fn dump(&self, snapshot: &str, file: &str) -> String {
+        let out = self.cli(&["dump", snapshot, file]);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// The CLI on the host against the shared repository; must succeed; returns stdout.
+    fn cli(&self, args: &[&str]) -> Vec<u8> {
+        let out = Command::new(podvault_bin())
+            .args(args)
+            .env("PODVAULT_REPOSITORY", format!("s3://{}", self.bucket))
+            .env("PODVAULT_S3_ENDPOINT", &self.s3_endpoint)
+            .env("PODVAULT_PASSWORD", "e2e-shared-password")
+            .env("AWS_ACCESS_KEY_ID", "e2e-access")
+            .env("AWS_SECRET_ACCESS_KEY", "e2e-secret-key")
+            .env("PODVAULT_NO_CACHE", "true")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podvault {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+}
+
+/// Regular files (content), symlinks (target) and directories below `root`, by relative
+/// path, without `.podvault`: what a restore must bring back byte for byte.
+fn contents(root: &Path) -> Vec<(String, &'static str, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let e = e.unwrap();
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if rel == ".podvault" || rel.starts_with(".podvault/") {
+            continue;
+        }
+        let t = e.file_type();
+        out.push(if t.is_symlink() {
+            let target = fs::read_link(e.path()).unwrap();
+            (rel, "link", target.into_os_string().into_encoded_bytes())
+        } else if t.is_dir() {
+            (rel, "dir", Vec::new())
+        } else {
+            let data = fs::read(e.path()).unwrap();
+            (rel, "file", data)
+        });
+    }
+    out
+}
+
+/// `got` holds exactly `want`'s entries and bytes (see [`contents`]).
+fn assert_same_contents(got: &Path, want: &Path) {
+    let (g, w) = (contents(got), contents(want));
+    let names = |v: &[(String, &str, Vec<u8>)]| v.iter().map(|e| e.0.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&g),
+        names(&w),
+        "{} differs from {}",
+        got.display(),
+        want.display()
+    );
+    for (a, b) in g.iter().zip(&w) {
+        assert!(a == b, "{} differs in {}", got.display(), a.0);
     }
 }
 
@@ -416,7 +563,7 @@ fn hostile_namespaces_on_a_real_node() {
         pv_dir: std::env::var_os("PODVAULT_E2E_PV_DIR")
             .map(PathBuf::from)
             .unwrap_or(kc_pv)
-            .join(format!("e2e-{run_id}-attacker")),
+            .join(format!("e2e-{run_id}")),
         run: run_id,
     };
     let (victim, attacker, outsider, repo) = (
@@ -456,37 +603,9 @@ fn hostile_namespaces_on_a_real_node() {
         "emptyDir: {}",
         "backup.podvault.dev/backup-command: 'cat /data/ledger', \
          backup.podvault.dev/backup-command-filename: ledger.dump, \
-         backup.podvault.dev/restore-command: 'cat > /data/from-dump'",
+         backup.podvault.dev/restore-command: 'tee /data/from-dump'",
     );
-    fs::create_dir_all(&r.pv_dir).unwrap();
-    let pv = format!("e2e-{}-attacker", r.run);
-    r.kube.apply(&format!(
-        "apiVersion: v1
-kind: PersistentVolume
-metadata: {{name: {pv}}}
-spec:
-  capacity: {{storage: 1Gi}}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: manual
-  local: {{path: {}}}
-  claimRef: {{namespace: {attacker}, name: data}}
-  nodeAffinity:
-    required:
-      nodeSelectorTerms:
-      - matchExpressions: [{{key: kubernetes.io/hostname, operator: Exists}}]
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {{name: data, namespace: {attacker}}}
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: manual
-  resources: {{requests: {{storage: 1Gi}}}}
-  volumeName: {pv}
-",
-        r.pv_dir.display()
-    ));
+    r.local_pv("attacker", &attacker, "data");
     r.pod(&attacker, "persistentVolumeClaim: {claimName: data}", "");
     // The attacker: admin of its namespace (the built-in `admin` role) plus podvault's kinds.
     // The restorer: may create PodVolumeRestores in the victim's namespace, nothing else.
@@ -674,9 +793,9 @@ subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]
     assert!(!exists, "/data/pwned must not exist");
     r.result(&format!("restorer (can-i create pods/exec: no) PVR with spec.dump.command: Failed invalid_spec, no /data/pwned: {m}"));
     let v = r.operation(&restorer, "pvr", &victim, "declared", json!({"pod": "app", "volume": "ledger.dump", "repository": repo, "snapshot": {"latest": {}}, "dump": {}}));
-    expect(&v, "Completed", None);
+    let m = expect(&v, "Completed", None);
     let (_, restored) = r.kube.exec(&victim, "app", &["cat", "/data/from-dump"]);
-    assert_eq!(restored.trim(), "v3");
+    assert_eq!(restored.trim(), "v3", "{m}");
     r.result("restorer PVR selecting the pod's declared restore-command: Completed, /data/from-dump = v3");
 
     // ----- 4 -----
@@ -731,6 +850,272 @@ subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]
     r.result(&format!(
         "outsider annotated pod: event RepositoryNotAllowed, no PVB created: {note}"
     ));
+
+    // ----- 5 -----
+    r.step(
+        "5",
+        "a two-volume pod (local PV + emptyDir) at its first scheduled tick",
+    );
+    let web_dir = r.local_pv("web", &victim, "web-data");
+    generate_tree(&web_dir, 7, 2 << 20);
+    let reference = r.work.path().join("web-reference");
+    generate_tree(&reference, 7, 2 << 20);
+    r.pod_named(
+        &victim,
+        "web",
+        &[
+            ("data", "persistentVolumeClaim: {claimName: web-data}"),
+            ("scratch", "emptyDir: {}"),
+        ],
+        &format!(
+            "backup.podvault.dev/backup-volumes: 'data,scratch', \
+             backup.podvault.dev/schedule: '* * * * *', backup.podvault.dev/repository: {repo}"
+        ),
+    );
+    r.kube.exec(
+        &victim,
+        "web",
+        &["sh", "-c", "echo scratch > /scratch/note"],
+    );
+    let ticked: Vec<Value> = r.kube.wait(
+        "the controller's first-tick PVBs of pod web to complete",
+        Duration::from_secs(200),
+        Duration::from_secs(1),
+        || {
+            let mine: Vec<Value> = r
+                .kube
+                .list("pvb", &victim)
+                .into_iter()
+                .filter(|p| p["spec"]["pod"] == "web")
+                .collect();
+            for p in &mine {
+                let phase = status(p, "phase");
+                assert!(phase != "Failed" && phase != "Canceled", "{}", p["status"]);
+            }
+            let done: Vec<Value> = mine
+                .into_iter()
+                .filter(|p| status(p, "phase") == "Completed")
+                .collect();
+            (done.len() >= 2).then_some(done)
+        },
+    );
+    r.kube.ok(&[
+        "annotate",
+        "pod",
+        "web",
+        "-n",
+        &victim,
+        "backup.podvault.dev/schedule-",
+        "backup.podvault.dev/backup-volumes-",
+    ]);
+    let data_pvb = ticked
+        .iter()
+        .find(|p| p["spec"]["volume"] == "data")
+        .expect("a PVB of volume data");
+    let first = status(data_pvb, "snapshotId");
+    assert_eq!(status(data_pvb, "series"), format!("{victim}/pvc/web-data"));
+    let made: Vec<String> = ticked
+        .iter()
+        .map(|p| {
+            format!(
+                "{} ({})",
+                p["spec"]["volume"].as_str().unwrap_or_default(),
+                status(p, "snapshot")
+            )
+        })
+        .collect();
+    r.result(&format!(
+        "PVBs created by the controller, Completed: {}",
+        made.join(", ")
+    ));
+
+    // ----- 6 -----
+    r.step("6", "PVR in place (Clean) of the first snapshot");
+    fs::write(web_dir.join("stray.txt"), "not in the snapshot").unwrap();
+    fs::write(web_dir.join("large-text.log"), "changed").unwrap();
+    fs::remove_file(web_dir.join("empty")).unwrap();
+    let spec = json!({"pod": "web", "volume": "data", "repository": repo, "mode": "Clean",
+                      "snapshot": {"id": first}});
+    let v = r.operation(&r.kube, "pvr", &victim, "in-place", spec);
+    let m = expect(&v, "Completed", None);
+    assert_same_contents(&web_dir, &reference);
+    r.result(&format!(
+        "{m}; the volume holds exactly the snapshot's files and bytes"
+    ));
+
+    // ----- 7 -----
+    r.step("7", "PVR into a new pod held by `podvault restore-wait`");
+    r.kube.apply(&format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: web-restored, namespace: {victim}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - name: restore-wait
+    image: {IMAGE}
+    imagePullPolicy: IfNotPresent
+    args: [restore-wait, --dir, /data]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  containers:
+  - name: main
+    image: local/busybox:1
+    imagePullPolicy: Never
+    command: [sh, -c, 'while true; do sleep 3600; done']
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes: [{{name: data, emptyDir: {{}}}}]
+"
+    ));
+    let spec = json!({"pod": "web-restored", "volume": "data", "repository": repo,
+                      "snapshot": {"id": first}});
+    let v = r.operation(&r.kube, "pvr", &victim, "new-pod", spec);
+    expect(&v, "Completed", None);
+    r.kube.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "-n",
+        &victim,
+        "pod/web-restored",
+        "--timeout=120s",
+    ]);
+    let pod = r.kube.get("pod", "web-restored", &victim).unwrap();
+    let restored = PathBuf::from(format!(
+        "/var/lib/kubelet/pods/{}/volumes/kubernetes.io~empty-dir/data",
+        pod["metadata"]["uid"].as_str().unwrap()
+    ));
+    assert_same_contents(&restored, &reference);
+    let marker = restored
+        .join(".podvault")
+        .join(v["metadata"]["uid"].as_str().unwrap());
+    assert!(!marker.exists(), "restore-wait removes the marker");
+    r.result("Completed; restore-wait released the pod, which runs on the snapshot's files");
+
+    // ----- 8, 9, 10 -----
+    let big_dir = r.local_pv("big", &victim, "big-data");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    // 1 GiB of data the repository has not seen: each interrupted backup leaves packs a
+    // later one reuses, which would make it too quick to interrupt.
+    let fresh = |rng: &mut rand::rngs::StdRng| {
+        for i in 0..16 {
+            let data = fill(rng, 64 << 20, false);
+            fs::write(big_dir.join(format!("blob-{i:02}.bin")), data).unwrap();
+        }
+    };
+    r.pod_named(
+        &victim,
+        "big",
+        &[("data", "persistentVolumeClaim: {claimName: big-data}")],
+        "",
+    );
+    let big_series = format!("{victim}/pvc/big-data");
+    let big = |name: &str| {
+        json!({"apiVersion": "podvault.dev/v1alpha1", "kind": "PodVolumeBackup",
+               "metadata": {"name": name, "namespace": victim},
+               "spec": {"pod": "big", "volume": "data", "repository": repo}})
+    };
+    r.step("8", "cancel (spec.cancel) of a running backup");
+    fresh(&mut rng);
+    r.kube.create(&big("cancel-me"));
+    r.wait_running("pvb", &victim, "cancel-me");
+    let cancel = r#"{"spec":{"cancel":true}}"#;
+    r.kube.ok(&[
+        "patch",
+        "pvb",
+        "cancel-me",
+        "-n",
+        &victim,
+        "--type=merge",
+        "-p",
+        cancel,
+    ]);
+    let v = r
+        .kube
+        .wait_finished("pvb", &victim, "cancel-me", OP_TIMEOUT);
+    let m = expect(&v, "Canceled", None);
+    assert!(
+        r.snapshots(&big_series).is_empty(),
+        "a canceled backup leaves no snapshot"
+    );
+    r.result(&format!("Canceled: {m}; no snapshot"));
+
+    r.step("9", "delete of a running backup");
+    fresh(&mut rng);
+    r.kube.create(&big("delete-me"));
+    r.wait_running("pvb", &victim, "delete-me");
+    r.kube.ok(&[
+        "delete",
+        "pvb",
+        "delete-me",
+        "-n",
+        &victim,
+        "--timeout=120s",
+    ]);
+    assert!(
+        r.snapshots(&big_series).is_empty(),
+        "a deleted backup leaves no snapshot"
+    );
+    r.result("the object went (the agent released its finalizer); no snapshot");
+
+    r.step("10", "the agent pod deleted during a backup");
+    fresh(&mut rng);
+    r.kube.create(&big("survive"));
+    r.wait_running("pvb", &victim, "survive");
+    let agent = "app.kubernetes.io/name=podvault-agent";
+    r.kube.ok(&[
+        "delete",
+        "pod",
+        "-n",
+        PODVAULT_NS,
+        "-l",
+        agent,
+        "--wait=false",
+    ]);
+    let v = r
+        .kube
+        .wait_finished("pvb", &victim, "survive", Duration::from_secs(400));
+    let m = expect(&v, "Completed", None);
+    let uid = v["metadata"]["uid"].as_str().unwrap().to_string();
+    assert_eq!(
+        r.snapshots_of(&big_series, &uid),
+        1,
+        "exactly one snapshot for the PVB"
+    );
+    r.kube.ok(&[
+        "rollout",
+        "status",
+        "-n",
+        PODVAULT_NS,
+        "daemonset/podvault-agent",
+        "--timeout=180s",
+    ]);
+    r.result(&format!("Completed with exactly one snapshot: {m}"));
+
+    // ----- 11 -----
+    r.step("11", "pre/post hooks through pods/exec");
+    r.pod_named(
+        &victim,
+        "hooked",
+        &[("data", "emptyDir: {}")],
+        "pre.hook.backup.podvault.dev/command: '[\"sh\",\"-c\",\"echo frozen > /data/pre-hook\"]', \
+         post.hook.backup.podvault.dev/command: '[\"sh\",\"-c\",\"echo thawed > /data/post-hook\"]'",
+    );
+    let spec = json!({"pod": "hooked", "volume": "data", "repository": repo});
+    let v = r.operation(&r.kube, "pvb", &victim, "hooked", spec);
+    expect(&v, "Completed", None);
+    assert_eq!(
+        r.dump(&status(&v, "snapshotId"), "pre-hook").trim(),
+        "frozen"
+    );
+    let (_, post) = r.kube.exec(&victim, "hooked", &["cat", "/data/post-hook"]);
+    assert_eq!(post.trim(), "thawed");
+    r.result("Completed; the pre hook's file is in the snapshot, the post hook ran after it");
+
+    // ----- 12 -----
+    r.step("12", "a PVB naming a pod that does not exist");
+    let spec = json!({"pod": "ghost", "volume": "data", "repository": repo});
+    let v = r.operation(&r.kube, "pvb", &victim, "ghost", spec);
+    let m = expect(&v, "Failed", Some("pod_not_found"));
+    r.result(&format!("Failed pod_not_found: {m}"));
 
     r.step("end", "the victim's series is as it left it");
     let ids: Vec<String> = r

@@ -187,11 +187,27 @@ async fn run_dump(
     let series = Series::of_pod_dump(&p.pod, &dump.filename);
     report.status.series = Some(series.key());
     let identity = dump_identity(&p.pod, &dump.filename, target.node, Some(target.uid));
-    let (repo, tags) = (p.repo.clone(), spec.tags.clone());
-    let saved = dump_with(client, &ns, &pod, &dump, move |reader| {
-        save_stream(reader, &repo, identity, &tags, &progress, &cancel)
+    // An agent stopped after saving this PVB's dump and before recording it: adopt it
+    // rather than run the command again.
+    let (settings, uid) = (p.repo.clone(), target.uid.to_string());
+    let earlier = tokio::task::spawn_blocking(move || {
+        let repo = super::repo::open_or_init(&settings)
+            .map_err(|e| Failure::engine(&format!("BackupRepository {}", settings.name), &e))?;
+        super::execute::saved_for(&repo, &uid)
     })
-    .await?;
+    .await
+    .map_err(|e| Failure::new(Reason::Panic, format!("the dump task failed: {e}")))??;
+    let adopted = earlier.is_some();
+    let saved = match earlier {
+        Some(saved) => saved,
+        None => {
+            let (repo, tags) = (p.repo.clone(), spec.tags.clone());
+            dump_with(client, &ns, &pod, &dump, move |reader| {
+                save_stream(reader, &repo, identity, &tags, &progress, &cancel)
+            })
+            .await?
+        }
+    };
     let summary = &saved.snapshot.summary;
     let id = saved.id.to_hex();
     report.status.set_snapshot(&id);
@@ -200,8 +216,13 @@ async fn run_dump(
     report.bytes_read = summary.bytes_read;
     report.bytes_added = summary.bytes_added;
     let mut message = format!(
-        "snapshot {} saved: dump {:?} of {} bytes from {}; {} bytes added",
+        "snapshot {} {}: dump {:?} of {} bytes from {}; {} bytes added",
         &id[..8],
+        if adopted {
+            super::execute::ADOPTED
+        } else {
+            "saved"
+        },
         dump.filename,
         summary.bytes_read,
         serde_json::to_string(&dump.command).unwrap_or_default(),

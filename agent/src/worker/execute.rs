@@ -124,24 +124,33 @@ fn run_backup(
         .map_err(|e| Failure::new(Reason::Volume, e.to_string()))?;
     let repo = open_or_init(&job.repo)
         .map_err(|e| Failure::engine(&format!("BackupRepository {}", job.repo.name), &e))?;
-    // The engine takes the series' latest snapshot (by recorded identity) as the parent.
-    let opts = backup_options(
-        &loc.path,
-        identity,
-        &spec.tags,
-        &spec.excludes,
-        &job.node.node,
-    );
-    let outcome = crate::archiver::backup(&repo, &opts, progress, cancel).map_err(|e| match e {
-        Error::Canceled => Failure::new(Reason::Canceled, "canceled"),
-        e => Failure::engine(&format!("backup of {}", loc.path.display()), &e),
-    })?;
+    // An agent stopped after saving this PVB's snapshot and before recording it: adopt it.
+    let (outcome, adopted) = match saved_for(&repo, &job.uid)? {
+        Some(saved) => (saved, true),
+        None => {
+            // The engine takes the series' latest snapshot (by identity) as the parent.
+            let opts = backup_options(
+                &loc.path,
+                identity,
+                &spec.tags,
+                &spec.excludes,
+                &job.node.node,
+            );
+            let outcome =
+                crate::archiver::backup(&repo, &opts, progress, cancel).map_err(|e| match e {
+                    Error::Canceled => Failure::new(Reason::Canceled, "canceled"),
+                    e => Failure::engine(&format!("backup of {}", loc.path.display()), &e),
+                })?;
+            (outcome, false)
+        }
+    };
     let summary = &outcome.snapshot.summary;
     status.set_snapshot(&outcome.id.to_hex());
     status.bytes_added = Some(summary.bytes_added);
     let mut message = format!(
-        "snapshot {} saved: {} files new, {} changed, {} unchanged; {} bytes added",
+        "snapshot {} {}: {} files new, {} changed, {} unchanged; {} bytes added",
         &outcome.id.to_hex()[..8],
+        if adopted { ADOPTED } else { "saved" },
         summary.files_new,
         summary.files_changed,
         summary.files_unchanged,
@@ -168,6 +177,30 @@ fn run_backup(
         message.push_str(&apply_retention(&repo, &policy, &series));
     }
     Ok(message)
+}
+
+/// How a message calls a snapshot an earlier run of the same operation saved.
+pub const ADOPTED: &str = "saved before the agent restarted (adopted, not taken again)";
+
+/// The snapshot an earlier run of the PodVolumeBackup with uid `uid` saved, if any: an agent
+/// that stops (SIGTERM, a crash) after the engine saved the snapshot and before the status
+/// recorded it leaves the PVB InProgress; the agent that resumes it adopts that snapshot
+/// instead of taking a second one (which would take a retention slot and misreport the
+/// bytes added). Decided by the identity's operation uid, which only the agent writes.
+pub fn saved_for(
+    repo: &Repository,
+    uid: &str,
+) -> Result<Option<crate::archiver::BackupOutcome>, Failure> {
+    if uid.is_empty() {
+        return Ok(None);
+    }
+    let snapshots = repo
+        .snapshots()
+        .map_err(|e| Failure::engine("listing snapshots", &e))?;
+    Ok(snapshots
+        .into_iter()
+        .rfind(|(_, s)| s.identity().and_then(|i| i.operation_uid.as_deref()) == Some(uid))
+        .map(|(id, snapshot)| crate::archiver::BackupOutcome { id, snapshot }))
 }
 
 /// The spec's retention policy. Validated before any work: a typo should not cost a backup

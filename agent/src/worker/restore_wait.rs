@@ -138,6 +138,12 @@ fn marker_dir(volume: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     if fsat::fstat(fd.as_fd())?.dev != fsat::fstat(volume)?.dev {
         return Err(io::Error::other("a mount point; not written into"));
     }
+    // `restore-wait` runs as whatever user the pod's init container has (the shipped image:
+    // 65532) and must remove the marker, which the agent (root) creates: the directory is
+    // writable by all (no sticky bit, which would keep others from removing root's marker).
+    // It lives in the pod's own volume, whose writers could forge a marker anyway (see the
+    // module docs), and the agent never follows anything in it.
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o777))?;
     Ok(fd)
 }
 
@@ -275,6 +281,27 @@ pub fn run(args: &RestoreWaitArgs) -> crate::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The init container runs as another user than the agent (the shipped image: 65532):
+    /// it must be able to remove the marker the agent wrote, even from a directory that
+    /// existed with a narrower mode.
+    #[test]
+    fn the_marker_directory_lets_any_user_remove_the_marker() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join(".podvault")).unwrap();
+        std::fs::set_permissions(
+            tmp.path().join(".podvault"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        put_marker(tmp.path(), "uid-1", "0123abcd").unwrap();
+        let mode = std::fs::metadata(tmp.path().join(".podvault"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o777);
+    }
 
     #[test]
     fn times_out_without_marker_and_ignores_temporaries() {
