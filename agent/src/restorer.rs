@@ -448,6 +448,7 @@ pub fn restore(
         }
         outcome.files += 1;
         outcome.bytes += f.node.size;
+        Progress::add(&progress.files_done, 1);
     }
     for (dir, name, first, path) in &plan.links {
         let src = &plan.files[*first];

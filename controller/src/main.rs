@@ -78,6 +78,8 @@ async fn main() -> anyhow::Result<()> {
     let renew_every = Duration::from_secs(u64::from(opts.lease_duration_secs.max(3) / 3));
 
     tracing::info!(%identity, lease = %opts.lease_name, "waiting for leadership");
+    // Registered once, so a SIGTERM between two looks at the lease is not missed.
+    let mut stop = std::pin::pin!(terminated());
     loop {
         match try_acquire_or_renew(
             &leases,
@@ -95,6 +97,11 @@ async fn main() -> anyhow::Result<()> {
         tokio::select! {
             _ = tokio::time::sleep(renew_every) => {}
             r = &mut server => bail!("metrics server stopped: {r:?}"),
+            // A standby has nothing to finish: stop at once, not at the end of the grace period.
+            () = &mut stop => {
+                tracing::info!("stopping (standby, never led)");
+                return Ok(());
+            }
         }
     }
     metrics.leader.set(1);
@@ -226,4 +233,20 @@ async fn run_routes<K: Routed>(client: Client, ctx: Arc<RouteContext>) {
             }
         })
         .await;
+}
+
+/// Resolves on SIGTERM (what the kubelet sends) or Ctrl-C.
+async fn terminated() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

@@ -22,7 +22,8 @@
 //! `podvault restore-wait` (init container of the shipped image); 8. cancel and 9. delete of
 //! a running backup (no snapshot); 10. the agent pod deleted during a backup (the PVB
 //! completes with exactly one snapshot); 11. pre/post hooks through real `pods/exec`;
-//! 12. a PVB naming a missing pod (`pod_not_found`).
+//! 12. a real PostgreSQL database dumped and restored with the README's recipe; 13. a PVB
+//! naming a missing pod (`pod_not_found`).
 //!
 //! Runs only when `PODVAULT_E2E_KUBECONFIG` names an admin kubeconfig of such a cluster
 //! (`../shared/kcluster/` makes one); skipped otherwise. Needs `kubectl` on `PATH`, `strip`,
@@ -49,6 +50,12 @@ const KUBECONFIG_ENV: &str = "PODVAULT_E2E_KUBECONFIG";
 const IMAGE: &str = "ghcr.io/podvault/podvault:0.1.0";
 const PODVAULT_NS: &str = "podvault";
 const OP_TIMEOUT: Duration = Duration::from_secs(180);
+/// The README's PostgreSQL recipe (one database, custom format).
+const PG_BACKUP: &str = "pg_dump -U postgres -Fc appdb";
+/// Its way back: drop what the dump has and recreate it, in one transaction, failing on
+/// the first error.
+const PG_RESTORE: &str =
+    "pg_restore -U postgres -d appdb --clean --if-exists --single-transaction --exit-on-error";
 
 struct Run {
     kube: Kubectl,
@@ -938,6 +945,11 @@ subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]
                       "snapshot": {"id": first}});
     let v = r.operation(&r.kube, "pvr", &victim, "in-place", spec);
     let m = expect(&v, "Completed", None);
+    let p = &v["status"]["progress"];
+    assert!(
+        p["filesTotal"].as_u64() > Some(0) && p["filesDone"] == p["filesTotal"],
+        "{p}"
+    );
     assert_same_contents(&web_dir, &reference);
     r.result(&format!(
         "{m}; the volume holds exactly the snapshot's files and bytes"
@@ -1111,7 +1123,85 @@ spec:
     r.result("Completed; the pre hook's file is in the snapshot, the post hook ran after it");
 
     // ----- 12 -----
-    r.step("12", "a PVB naming a pod that does not exist");
+    r.step(
+        "12",
+        "PostgreSQL: the README's dump recipe, dumped and restored through pods/exec",
+    );
+    r.kube.apply(&format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: pg
+  namespace: {victim}
+  annotations:
+    backup.podvault.dev/backup-command: '{PG_BACKUP}'
+    backup.podvault.dev/backup-command-filename: appdb.dump
+    backup.podvault.dev/restore-command: '{PG_RESTORE}'
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: postgres
+    image: local/postgres:15
+    imagePullPolicy: Never
+    env: [{{name: POSTGRES_PASSWORD, value: secret}}, {{name: POSTGRES_DB, value: appdb}}]
+    readinessProbe:
+      exec: {{command: [pg_isready, -U, postgres, -h, 127.0.0.1]}}
+      periodSeconds: 2
+    volumeMounts: [{{name: data, mountPath: /var/lib/postgresql/data}}]
+  volumes: [{{name: data, emptyDir: {{}}}}]
+"
+    ));
+    r.kube.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "-n",
+        &victim,
+        "pod/pg",
+        "--timeout=180s",
+    ]);
+    let sql = |q: &str| {
+        let (ok, out) = r.kube.exec(
+            &victim,
+            "pg",
+            &["psql", "-U", "postgres", "-d", "appdb", "-XAtc", q],
+        );
+        assert!(ok, "psql {q}");
+        out.trim().to_string()
+    };
+    sql(
+        "create table orders (id int primary key, item text, qty int); \
+         insert into orders select g, 'item-' || g, g % 7 from generate_series(1, 20000) g; \
+         create index on orders (item)",
+    );
+    let digest =
+        "select count(*) || ':' || md5(string_agg(id || item || qty, ',' order by id)) from orders";
+    let before = sql(digest);
+    let spec = json!({"pod": "pg", "volume": "appdb.dump", "dump": true, "repository": repo});
+    let v = r.operation(&r.kube, "pvb", &victim, "pg-dump", spec);
+    let m = expect(&v, "Completed", None);
+    r.result(&format!("dump: {m}"));
+    sql(
+        "delete from orders where id % 3 = 0; update orders set qty = -1 where id < 100; \
+         insert into orders values (999999, 'stray', 1); create table stray (x int)",
+    );
+    assert_ne!(sql(digest), before);
+    let spec = json!({"pod": "pg", "volume": "appdb.dump", "repository": repo,
+                      "snapshot": {"latest": {}}, "dump": {}});
+    let v = r.operation(&r.kube, "pvr", &victim, "pg-restore", spec);
+    let m = expect(&v, "Completed", None);
+    let p = &v["status"]["progress"];
+    assert!(
+        p["bytesTotal"].as_u64() > Some(0) && p["percent"] == 100,
+        "{p}"
+    );
+    assert!(p["filesDone"] == 1 && p["filesTotal"] == 1, "{p}");
+    assert_eq!(sql(digest), before, "the table as it was at the dump");
+    r.result(&format!(
+        "restore: {m}; orders identical to the dump ({before})"
+    ));
+
+    // ----- 13 -----
+    r.step("13", "a PVB naming a pod that does not exist");
     let spec = json!({"pod": "ghost", "volume": "data", "repository": repo});
     let v = r.operation(&r.kube, "pvb", &victim, "ghost", spec);
     let m = expect(&v, "Failed", Some("pod_not_found"));

@@ -385,12 +385,12 @@ async fn run_dump_restore(
         namespace.to_string(),
         p.pod.clone(),
     );
-    let (repo, id, snapshot) = tokio::task::spawn_blocking(move || {
+    let (repo, id, snapshot, size) = tokio::task::spawn_blocking(move || {
         let repo = super::repo::open_repository(&settings, false)
             .map_err(|e| Failure::engine(&format!("BackupRepository {}", settings.name), &e))?;
         let (id, snapshot) =
             super::execute::restore_snapshot(&repo, &job_spec, &ns, &pod, &settings)?;
-        crate::dump::dump_size(&repo, &snapshot, &job_spec.volume).map_err(|e| {
+        let size = crate::dump::dump_size(&repo, &snapshot, &job_spec.volume).map_err(|e| {
             Failure::engine(
                 &format!(
                     "dump {:?} of snapshot {}",
@@ -400,12 +400,15 @@ async fn run_dump_restore(
                 &e,
             )
         })?;
-        Ok::<_, Failure>((repo, id, snapshot))
+        Ok::<_, Failure>((repo, id, snapshot, size))
     })
     .await
     .map_err(|e| Failure::new(Reason::Panic, format!("the restore task failed: {e}")))??;
     let hex = id.to_hex();
     report.status.set_snapshot(&hex);
+    // One file of `size` bytes to send: the progress the status shows.
+    Progress::add(&progress.files_total, 1);
+    Progress::add(&progress.bytes_total, size);
 
     let (tx, rx) = tokio::sync::mpsc::channel(super::exec::STREAM_CHUNKS);
     let gone = Arc::new(AtomicBool::new(false));
@@ -479,11 +482,14 @@ async fn run_dump_restore(
                 &hex[..8]
             ),
         )),
-        Ok(n) if out.exit.success() => Ok(format!(
-            "dump {:?} of snapshot {} ({n} bytes) streamed into {what}: exit code 0",
-            spec.volume,
-            &hex[..8]
-        )),
+        Ok(n) if out.exit.success() => {
+            Progress::add(&progress.files_done, 1);
+            Ok(format!(
+                "dump {:?} of snapshot {} ({n} bytes) streamed into {what}: exit code 0",
+                spec.volume,
+                &hex[..8]
+            ))
+        }
         Ok(n) => Err(Failure::new(
             Reason::RestoreCommandFailed,
             format!(

@@ -241,7 +241,10 @@ pub async fn reconcile<K: Operation>(obj: Arc<K>, ctx: Arc<Agent>) -> Result<Act
             let claimed_obj = match claim(&api, &obj.with_status(status)).await {
                 Ok(Some(mine)) => mine,
                 Ok(None) => {
-                    tracing::info!(kind = K::KIND, object = %name, "claimed by someone else (409)");
+                    // 409: the object changed since it was read (most often the controller
+                    // routing it, or another agent's claim). The new version's watch event
+                    // brings it back here, where it is claimed or seen as taken.
+                    tracing::debug!(kind = K::KIND, object = %name, "changed since read (409); waiting for the new version");
                     ctx.set_running(&uid, None);
                     return Ok(Action::await_change());
                 }
