@@ -23,7 +23,8 @@
 //! a running backup (no snapshot); 10. the agent pod deleted during a backup (the PVB
 //! completes with exactly one snapshot); 11. pre/post hooks through real `pods/exec`;
 //! 12. a real PostgreSQL database dumped and restored with the README's recipe; 13. a PVB
-//! naming a missing pod (`pod_not_found`).
+//! naming a missing pod (`pod_not_found`); 14. an `fs` BackupRepository, refused with a
+//! clear message until a volume is mounted where it lives, then used.
 //!
 //! Runs only when `PODVAULT_E2E_KUBECONFIG` names an admin kubeconfig of such a cluster
 //! (`../shared/kcluster/` makes one); skipped otherwise. Needs `kubectl` on `PATH`, `strip`,
@@ -101,7 +102,14 @@ impl Drop for Run {
                 .run(&["delete", "namespace", ns, "--wait=false"], None);
         }
         let _ = self.kube.run(
-            &["delete", "backuprepository", &self.repo, "--wait=false"],
+            &[
+                "delete",
+                "backuprepository",
+                &self.repo,
+                &format!("{}-fs", self.repo),
+                "--ignore-not-found",
+                "--wait=false",
+            ],
             None,
         );
         let _ = self.kube.run(
@@ -1206,6 +1214,72 @@ spec:
     let v = r.operation(&r.kube, "pvb", &victim, "ghost", spec);
     let m = expect(&v, "Failed", Some("pod_not_found"));
     r.result(&format!("Failed pod_not_found: {m}"));
+
+    // ----- 14 -----
+    r.step(
+        "14",
+        "an fs BackupRepository: a clear error without a volume, works with one",
+    );
+    let fs_repo = format!("{repo}-fs");
+    r.kube.apply(&format!(
+        "apiVersion: podvault.dev/v1alpha1
+kind: BackupRepository
+metadata: {{name: {fs_repo}}}
+spec:
+  backend: {{fs: {{path: /repo}}}}
+  passwordSecret: {{name: {repo}-password, key: password}}
+  allowedNamespaces: {{names: [{victim}]}}
+"
+    ));
+    let spec = json!({"pod": "app", "volume": "data", "repository": fs_repo});
+    let v = r.operation(&r.kube, "pvb", &victim, "fs-without-volume", spec.clone());
+    let m = expect(&v, "Failed", Some("repository_config"));
+    assert!(
+        m.contains("read-only") && m.contains("agent.repositoryVolumes"),
+        "{m}"
+    );
+    r.result(&format!("without a volume: Failed repository_config: {m}"));
+    // What the manifests' comment says: a volume mounted at /repo in the agent.
+    let host_repo = r.pv_dir.join("fs-repo");
+    fs::create_dir_all(&host_repo).unwrap();
+    let patch = json!([
+        {"op": "add", "path": "/spec/template/spec/volumes/-",
+         "value": {"name": "repo", "hostPath": {"path": host_repo, "type": "Directory"}}},
+        {"op": "add", "path": "/spec/template/spec/containers/0/volumeMounts/-",
+         "value": {"name": "repo", "mountPath": "/repo"}},
+    ]);
+    let ds = "daemonset/podvault-agent";
+    r.kube.ok(&[
+        "patch",
+        "-n",
+        PODVAULT_NS,
+        ds,
+        "--type=json",
+        "-p",
+        &patch.to_string(),
+    ]);
+    r.kube
+        .ok(&["rollout", "status", "-n", PODVAULT_NS, ds, "--timeout=180s"]);
+    let v = r.operation(&r.kube, "pvb", &victim, "fs-with-volume", spec);
+    let m = expect(&v, "Completed", None);
+    assert!(
+        host_repo.join("config").is_file(),
+        "the repository is in the mounted directory"
+    );
+    r.write(&victim, "overwritten");
+    let spec = json!({"pod": "app", "volume": "data", "repository": fs_repo,
+                      "snapshot": {"id": status(&v, "snapshotId")}});
+    let v = r.operation(&r.kube, "pvr", &victim, "fs-restore", spec);
+    expect(&v, "Completed", None);
+    assert_eq!(r.read(&victim), "v3");
+    // Back to the shipped DaemonSet.
+    let shipped = Run::workspace().join("deploy/manifests/20-agent.yaml");
+    r.kube.ok(&["replace", "-f", shipped.to_str().unwrap()]);
+    r.kube
+        .ok(&["rollout", "status", "-n", PODVAULT_NS, ds, "--timeout=180s"]);
+    r.result(&format!(
+        "with /repo mounted: {m}; restored from it, /data/ledger = v3"
+    ));
 
     r.step("end", "the victim's series is as it left it");
     let ids: Vec<String> = r

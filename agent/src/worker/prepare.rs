@@ -322,6 +322,14 @@ async fn repository_settings(
     let s = settings(name, &repo.spec, &password, credentials.as_ref())
         .map_err(|m| Failure::new(Reason::RepositoryConfig, m))?;
     check_access(ctx, name, &repo.spec, namespace).await?;
+    if let crate::backend::Location::Fs(path) = &s.location {
+        if let Some(problem) = super::repo::fs_location_problem(path) {
+            return Err(Failure::new(
+                Reason::RepositoryConfig,
+                format!("BackupRepository {name}: {problem}"),
+            ));
+        }
+    }
     let initialized = repo.status.as_ref().is_some_and(|st| st.initialized);
     if create && !initialized {
         ensure_created(ctx, repo, &s).await?;

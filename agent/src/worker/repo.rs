@@ -204,6 +204,27 @@ pub fn open_repository(s: &RepoSettings, init: bool) -> crate::Result<Repository
     Ok(repo)
 }
 
+/// Why the agent cannot use an `fs` repository at `path`, if it can tell before trying: the
+/// path (or, when missing, its nearest existing parent) is on a read-only file system — the
+/// agent's root filesystem, when no volume is mounted there.
+pub fn fs_location_problem(path: &std::path::Path) -> Option<String> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let st = rustix::fs::statvfs(existing).ok()?;
+    st.f_flag
+        .contains(rustix::fs::StatVfsMountFlags::RDONLY)
+        .then(|| {
+            format!(
+                "spec.backend.fs.path {} is not writable in the agent: {} is on a read-only file \
+                 system (the agent's root filesystem is read-only; mount a volume at {} in the \
+                 agent — chart value agent.repositoryVolumes, or the commented `repo` volume \
+                 in deploy/manifests/20-agent.yaml)",
+                path.display(),
+                existing.display(),
+                path.display()
+            )
+        })
+}
+
 /// Opens (or with `init` creates on first use) the repository; nothing kept.
 fn open_uncached(s: &RepoSettings, init: bool) -> crate::Result<Repository> {
     match Repository::open(&s.location, &s.password) {
@@ -226,6 +247,13 @@ pub fn open_or_init(s: &RepoSettings) -> crate::Result<Repository> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_writable_fs_location_has_no_problem() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(fs_location_problem(&tmp.path().join("not/yet/there")), None);
+        assert_eq!(fs_location_problem(tmp.path()), None);
+    }
 
     fn spec(yaml: &str) -> BackupRepositorySpec {
         serde_yaml::from_str(yaml).unwrap()
