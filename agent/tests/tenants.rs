@@ -54,6 +54,11 @@ fn empty_dir(root: &Path, uid: &str) -> PathBuf {
 }
 
 fn claimed_now() -> OperationStatus {
+    claim(false)
+}
+
+/// The status of a claim, or of a resume after an agent restart.
+fn claim(resume: bool) -> OperationStatus {
     let now =
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
     claimed(
@@ -61,7 +66,7 @@ fn claimed_now() -> OperationStatus {
         NODE,
         "agent-test",
         &now,
-        false,
+        resume,
         None,
     )
 }
@@ -97,6 +102,17 @@ impl World {
     }
 
     fn backup(&self, namespace: &str, uid: &str, spec: &str, op: &str) -> Report {
+        self.backup_as(namespace, uid, spec, op, &claimed_now())
+    }
+
+    fn backup_as(
+        &self,
+        namespace: &str,
+        uid: &str,
+        spec: &str,
+        op: &str,
+        base: &OperationStatus,
+    ) -> Report {
         let job = BackupJob {
             namespace: namespace.into(),
             uid: op.into(),
@@ -106,12 +122,7 @@ impl World {
             repo: self.repo.clone(),
             node: self.node.clone(),
         };
-        execute_backup(
-            &job,
-            &claimed_now(),
-            &Progress::default(),
-            &AtomicBool::new(false),
-        )
+        execute_backup(&job, base, &Progress::default(), &AtomicBool::new(false))
     }
 
     fn restore(&self, namespace: &str, uid: &str, spec: &str) -> Report {
@@ -358,7 +369,8 @@ fn a_resumed_backup_adopts_the_snapshot_its_operation_already_saved() {
     let spec = "{pod: app, volume: data}";
     let first = completed(&w.backup("victim", "uid-victim", spec, "op-1"));
     fs::write(dir.join("ledger"), "two").unwrap();
-    let resumed = w.backup("victim", "uid-victim", spec, "op-1");
+    // Only a resume can follow a stopped run, so only a resumed claim looks for one.
+    let resumed = w.backup_as("victim", "uid-victim", spec, "op-1", &claim(true));
     assert_eq!(
         completed(&resumed),
         first,

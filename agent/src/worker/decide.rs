@@ -199,6 +199,15 @@ pub fn next_action(obs: &Observed, node: &str, pod: Option<&PodPlacement>) -> Ne
     }
 }
 
+/// True when `status` carries a [`CONDITION_RESUMED`] condition: an agent claimed the
+/// operation again after the one running it stopped.
+pub fn was_resumed(status: &OperationStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == CONDITION_RESUMED && c.status == "True")
+}
+
 /// The status written by a claim: InProgress (or `finish`'s final phase, reason and message)
 /// on `node` by `agent` at `now`. A claim starts a fresh status, keeping only the conditions
 /// and a backup's series; a resume adds [`CONDITION_RESUMED`].

@@ -189,14 +189,18 @@ async fn run_dump(
     let identity = dump_identity(&p.pod, &dump.filename, target.node, Some(target.uid));
     // An agent stopped after saving this PVB's dump and before recording it: adopt it
     // rather than run the command again.
+    // Only a resumed operation can have one (no extra snapshot listing otherwise).
     let (settings, uid) = (p.repo.clone(), target.uid.to_string());
-    let earlier = tokio::task::spawn_blocking(move || {
-        let repo = super::repo::open_or_init(&settings)
-            .map_err(|e| Failure::engine(&format!("BackupRepository {}", settings.name), &e))?;
-        super::execute::saved_for(&repo, &uid)
-    })
-    .await
-    .map_err(|e| Failure::new(Reason::Panic, format!("the dump task failed: {e}")))??;
+    let earlier = match super::decide::was_resumed(&report.status) {
+        false => None,
+        true => tokio::task::spawn_blocking(move || {
+            let repo = super::repo::open_or_init(&settings)
+                .map_err(|e| Failure::engine(&format!("BackupRepository {}", settings.name), &e))?;
+            super::execute::saved_for(&repo, &uid)
+        })
+        .await
+        .map_err(|e| Failure::new(Reason::Panic, format!("the dump task failed: {e}")))??,
+    };
     let adopted = earlier.is_some();
     let saved = match earlier {
         Some(saved) => saved,

@@ -19,7 +19,7 @@ use podvault_proto::k8s::{
 };
 use podvault_proto::retention::RetentionPolicy;
 
-use super::decide::{backup_options, forget_options, restore_options, restore_series};
+use super::decide::{backup_options, forget_options, restore_options, restore_series, was_resumed};
 use super::outcome::{Failure, OpResult, Reason, Report};
 use super::repo::{open_or_init, open_repository, RepoSettings};
 use crate::error::Error;
@@ -125,7 +125,12 @@ fn run_backup(
     let repo = open_or_init(&job.repo)
         .map_err(|e| Failure::engine(&format!("BackupRepository {}", job.repo.name), &e))?;
     // An agent stopped after saving this PVB's snapshot and before recording it: adopt it.
-    let (outcome, adopted) = match saved_for(&repo, &job.uid)? {
+    // Only a resumed operation can have one (no extra snapshot listing otherwise).
+    let earlier = match was_resumed(status) {
+        true => saved_for(&repo, &job.uid)?,
+        false => None,
+    };
+    let (outcome, adopted) = match earlier {
         Some(saved) => (saved, true),
         None => {
             // The engine takes the series' latest snapshot (by identity) as the parent.
@@ -184,7 +189,8 @@ pub const ADOPTED: &str = "saved before the agent restarted (adopted, not taken 
 
 /// The snapshot an earlier run of the PodVolumeBackup with uid `uid` saved, if any: an agent
 /// that stops (SIGTERM, a crash) after the engine saved the snapshot and before the status
-/// recorded it leaves the PVB InProgress; the agent that resumes it adopts that snapshot
+/// recorded it leaves the PVB InProgress; the agent that resumes it (and only a resumed
+/// operation: see [`was_resumed`]) adopts that snapshot
 /// instead of taking a second one (which would take a retention slot and misreport the
 /// bytes added). Decided by the identity's operation uid, which only the agent writes.
 pub fn saved_for(

@@ -31,7 +31,7 @@ use serde::Serialize;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::agent::{Agent, Running};
-use super::decide::{claimed, next_action, placement, NextAction, Observed, CONDITION_RESUMED};
+use super::decide::{claimed, next_action, placement, was_resumed, NextAction, Observed};
 use super::execute::{execute_backup, execute_restore, BackupJob, RestoreJob};
 use super::hooks::{exec_plan, with_hooks, KubeExec, PodHooks};
 use super::outcome::{Failure, OpResult, Reason, Report};
@@ -143,10 +143,7 @@ pub fn observe<K: Operation>(obj: &K, running_here: bool) -> Observed {
         phase: status.phase.unwrap_or_default(),
         status_node: status.node.clone(),
         cancel: obj.cancel_requested(),
-        resumed_before: status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == CONDITION_RESUMED && c.status == "True"),
+        resumed_before: was_resumed(&status),
         running_here,
         deleting: obj.meta().deletion_timestamp.is_some(),
         has_finalizer: obj.finalizers().iter().any(|f| f == FINALIZER),
