@@ -108,6 +108,12 @@ pub struct BackupOptions {
     /// mount inside a volume is not the volume owner's to back up.
     #[arg(long)]
     pub one_file_system: bool,
+    /// The directory every path must be (device and inode), set by the node agent when it
+    /// found the path from a trusted root without following symlinks (a hostPath
+    /// PersistentVolume below an allowed host directory); a path reaching anything else
+    /// fails the operation. Never set from user input.
+    #[arg(skip)]
+    pub pinned_root: Option<crate::fsat::DirId>,
 }
 
 /// The result of a backup.
@@ -222,6 +228,7 @@ pub fn backup(
                         &roots,
                         &excludes,
                         opts.one_file_system,
+                        opts.pinned_root,
                         progress,
                         &scan_done,
                     )
@@ -373,6 +380,7 @@ fn store<'a>(
             used_packs: HashSet::new(),
             in_flight: &in_flight,
             one_file_system: opts.one_file_system,
+            pinned_root: opts.pinned_root,
         };
         let walked = body(&mut walker);
         // Closing the channel lets the workers drain and exit, whatever happened.
@@ -434,6 +442,7 @@ fn commit(
         identity: opts.identity.clone(),
     };
     let id = repo.save(&snapshot)?;
+    sink.end_session();
     Ok(BackupOutcome { id, snapshot })
 }
 
@@ -524,6 +533,7 @@ fn scan(
     roots: &[PathBuf],
     excludes: &Excludes,
     one_file_system: bool,
+    pinned_root: Option<fsat::DirId>,
     progress: &Progress,
     done: &AtomicBool,
 ) {
@@ -540,6 +550,10 @@ fn scan(
         let Ok(fd) = fsat::open_root(root) else {
             continue;
         };
+        let pinned = |pin: fsat::DirId| fsat::fstat(fd.as_fd()).is_ok_and(|m| pin.is(&m));
+        if pinned_root.is_some_and(|pin| !pinned(pin)) {
+            continue;
+        }
         if !meta.is_dir() {
             continue;
         }

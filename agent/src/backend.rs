@@ -630,6 +630,14 @@ impl Backend {
             .map_err(|e| self.err("checking", path, e))
     }
 
+    /// When an object was last written (Unix seconds, the store's clock), if the store says.
+    pub fn modified(&self, path: &str) -> Result<Option<i64>> {
+        runtime()
+            .block_on(self.retry("checking", path, || self.op.stat(path)))
+            .map(|m| m.last_modified().map(|t| t.into_inner().as_second()))
+            .map_err(|e| self.err("checking", path, e))
+    }
+
     /// Deletes an object (absent objects are not an error).
     pub fn delete(&self, path: &str) -> Result<()> {
         runtime()

@@ -379,6 +379,15 @@ mod tests {
             .unwrap();
         cache.put(Kind::TreePack, "b", &mb);
         cache.put(Kind::Index, "c", &mb);
+        // Older than the entry added next, whatever the file system's time resolution.
+        for (kind, name, age) in [(Kind::TreePack, "b", 50), (Kind::Index, "c", 40)] {
+            fs::File::options()
+                .append(true)
+                .open(cache.path(kind, name))
+                .unwrap()
+                .set_modified(SystemTime::now() - std::time::Duration::from_secs(age))
+                .unwrap();
+        }
         assert_eq!(cache.get(Kind::TreePack, "b").as_deref(), Some(&mb[..]));
         // 4 MiB > 3 MiB: the oldest (a) goes, then b or c until ≤ 2.4 MiB.
         cache.put(Kind::Snapshot, "d", &mb);

@@ -121,6 +121,9 @@ pub enum Command {
     Agent(crate::worker::AgentArgs),
     /// Init-container mode: wait until a restore into this volume has completed.
     RestoreWait(crate::worker::restore_wait::RestoreWaitArgs),
+    /// One scheduled prune, check or restore drill of a BackupRepository (run in a Job by
+    /// the controller).
+    Maintenance(crate::worker::maintenance::MaintenanceArgs),
 }
 
 impl Cli {
@@ -237,6 +240,10 @@ pub fn main() -> ExitCode {
             crate::worker::agent_command(a)
         }
         Command::RestoreWait(a) => crate::worker::restore_wait::run(a),
+        Command::Maintenance(a) => {
+            crate::worker::repo::set_cache_root(cli.cache_root(), cli.cache_limit());
+            crate::worker::maintenance::maintenance_command(a)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

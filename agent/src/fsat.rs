@@ -108,6 +108,43 @@ impl Meta {
     }
 }
 
+/// A directory named by device and inode: what a caller that found it safely expects a later
+/// open by path to reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirId {
+    /// Device of the file system holding it.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+impl DirId {
+    /// True when `meta` is this directory.
+    pub fn is(&self, meta: &Meta) -> bool {
+        meta.is_dir() && meta.dev == self.dev && meta.ino == self.ino
+    }
+}
+
+/// Finds the directory `rel` beneath the trusted directory `root` (opened by its path) without
+/// following any symlink or leaving `root` ([`open_dir_beneath`]), and names it.
+pub fn pin_beneath(root: &Path, rel: &Path) -> io::Result<DirId> {
+    let root_fd = open_root(root)?;
+    let fd = open_dir_beneath(root_fd.as_fd(), rel)?;
+    let meta = fstat(fd.as_fd())?;
+    Ok(DirId {
+        dev: meta.dev,
+        ino: meta.ino,
+    })
+}
+
+/// The error for a root that is not the directory pinned for it.
+pub fn not_pinned(path: &Path) -> io::Error {
+    io::Error::other(format!(
+        "{} is no longer the directory found for it (it was replaced, or a component became a symlink); not followed",
+        path.display()
+    ))
+}
+
 /// An error for an entry that was replaced between being listed and being opened.
 pub fn replaced() -> io::Error {
     io::Error::other("replaced by another file while it was being accessed; not followed")

@@ -437,6 +437,7 @@ mod tests {
         let mut f = IndexFile {
             supersedes: vec![],
             pending: vec![],
+            sessions: vec![],
             packs: vec![PackInfo {
                 id: PackId([pack; 32]),
                 size: 1000,

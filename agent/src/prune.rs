@@ -31,6 +31,22 @@
 //!    pack that is gone. With it the pack stays pending: never reused, never adopted, and
 //!    `check` knows it is gone on purpose. The next prune drops such index objects.
 //!
+//! 5. **Running backups are left alone.** A backup announces itself before its first upload
+//!    with an index object naming its *session* (random id, start time) and writes one at
+//!    least every heartbeat interval (10 minutes) while it runs, with the packs it made
+//!    durable since, and one marking it finished once its snapshot is saved or it failed
+//!    (the `sink` module). A session is alive until it is marked finished or its latest
+//!    index object is older than `--session-timeout` (default one hour). While any session is alive,
+//!    a pack that would be marked (unused, orphaned or to be repacked) and whose object was
+//!    written at or after the earliest live session's start, less [`SESSION_SKEW_SECS`], is
+//!    left as it is (reported as protected). Prune reads the sessions after listing the
+//!    packs, so a session that uploaded a listed pack is always seen: its announcement
+//!    precedes its first upload. Prune carries the live sessions into the index object it
+//!    writes, so superseding their index objects loses none. A killed backup stops beating;
+//!    once it has timed out its packs are orphans like any other and are marked and deleted
+//!    by rules 1 and 3. A backup stalled longer than the timeout loses this protection and
+//!    falls back to rule 2 (it fails at its commit rather than write a broken snapshot).
+//!
 //! Times: the mark's `marked_at` is taken right before the index holding it is written (a
 //! backup cannot see a mark earlier), rounded down; `delete_after` is that moment rounded up
 //! plus the grace period. Rule 2 refuses from the midpoint of the two (measured in
@@ -43,7 +59,10 @@
 //! the listing starts, the prune sees it, and resurrects P. The argument needs clock skew
 //! between machines plus the time from the check to the snapshot write to stay below half
 //! the grace period — the default grace is 24 hours — and a backup to index a pack it uploaded
-//! within the tombstone period (it does so every 64 packs and at the end). `--grace 0`
+//! within the tombstone period (it does so every 64 packs, every heartbeat and at the end).
+//! Rule 5 makes rule 2's refusal the exception: a backup of any length beside any number of
+//! prunes keeps its uploads, as long as it beats and clocks (backup's and the store's) agree
+//! within [`SESSION_SKEW_SECS`]. `--grace 0`
 //! deletes in the same run and is only safe when nothing else writes to the repository.
 //!
 //! Index objects: the prune writes one new index object holding every live and pending pack
@@ -59,7 +78,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use podvault_proto::index::{IndexEntry, IndexFile, PackInfo, PendingPack};
+use podvault_proto::index::{IndexEntry, IndexFile, PackInfo, PendingPack, Session};
 use podvault_proto::pack::BlobType;
 use podvault_proto::{BlobId, IndexId, PackId, TreeId};
 
@@ -72,6 +91,10 @@ use crate::repository::{pack_path, Repository};
 /// How long a deleted pack stays in the index's pending list after its deletion time (rule 4):
 /// a week, 48 bytes per pack.
 pub const TOMBSTONE_SECS: i64 = 7 * 24 * 3600;
+
+/// Slack between a backup's clock (its session start) and the store's (a pack's write time)
+/// in rule 5.
+pub const SESSION_SKEW_SECS: i64 = 10 * 60;
 
 /// Settings for `prune`.
 #[derive(Debug, Clone, clap::Args)]
@@ -87,6 +110,10 @@ pub struct PruneOptions {
     /// Report what would be done without changing the repository.
     #[arg(long)]
     pub dry_run: bool,
+    /// A running backup that has written no index object for this long counts as dead, and
+    /// its packs as orphans (backups write one at least every 10 minutes).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub session_timeout: Duration,
 }
 
 impl Default for PruneOptions {
@@ -95,6 +122,7 @@ impl Default for PruneOptions {
             grace: Duration::from_secs(24 * 3600),
             repack_threshold: 50,
             dry_run: false,
+            session_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -126,6 +154,10 @@ pub struct PruneReport {
     pub packs_pending: usize,
     /// Index objects replaced by the new one.
     pub index_objects_replaced: usize,
+    /// Backups running now (sessions alive, rule 5).
+    pub sessions_alive: usize,
+    /// Packs that would have been marked but were written while a backup runs (rule 5).
+    pub packs_protected: usize,
 }
 
 /// One pack as the index describes it.
@@ -201,7 +233,6 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     // Phase one: mark unused and mostly-unused live packs, and orphans. Marks get their time
     // when they are written (below).
     let mut marked: HashSet<PackId> = HashSet::new();
-    let mut mark = |id: PackId| marked.insert(id);
     let mut to_repack: Vec<PackId> = Vec::new();
     for id in &order {
         if is_pending(id, &pending) || !listed.contains(*id) {
@@ -217,18 +248,55 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         let size = state.info.size.max(1) as u64;
         let unused_pct = (size.saturating_sub(used)) * 100 / size;
         if used == 0 {
-            mark(**id);
-            report.packs_marked += 1;
+            marked.insert(**id);
         } else if unused_pct > opts.repack_threshold as u64 {
             to_repack.push(**id);
         }
     }
     for id in &listed {
         if !packs.contains_key(id) && !pending.contains_key(id) {
-            mark(*id);
-            report.packs_marked += 1;
+            marked.insert(*id);
         }
     }
+
+    // Rule 5: sessions read after the packs were listed; packs written since the earliest
+    // live one started stay as they are.
+    let sessions = live_sessions(
+        repo.load_index_files()?.iter().map(|(_, f)| f),
+        now,
+        opts.session_timeout,
+    );
+    report.sessions_alive = sessions.len();
+    if let Some(started) = sessions.iter().map(|s| s.started).min() {
+        let since = started - SESSION_SKEW_SECS;
+        let protected = |id: &PackId| -> Result<bool> {
+            Ok(match repo.backend().modified(&pack_path(id)) {
+                Ok(Some(at)) => at >= since,
+                // No time from the store: keep it rather than guess.
+                Ok(None) => true,
+                Err(e) if e.is_not_found() => false,
+                Err(e) => return Err(e),
+            })
+        };
+        let before = marked.len() + to_repack.len();
+        let mut keep = HashSet::new();
+        for id in &marked {
+            if !protected(id)? {
+                keep.insert(*id);
+            }
+        }
+        marked = keep;
+        let mut keep = Vec::new();
+        for id in to_repack {
+            if !protected(&id)? {
+                keep.push(id);
+            }
+        }
+        to_repack = keep;
+        report.packs_protected = before - marked.len() - to_repack.len();
+    }
+    report.packs_marked = marked.len();
+    let mut mark = |id: PackId| marked.insert(id);
 
     // Copy the live blobs of mostly-garbage packs.
     let mut new_packs: Vec<PackState> = Vec::new();
@@ -309,6 +377,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         |id: &PackId| deleted.contains(id) || (!listed.contains(id) && pending.contains_key(id));
     let mut file = IndexFile {
         supersedes: read_ids.clone(),
+        sessions,
         ..IndexFile::default()
     };
     let mut kept: Vec<(&PackInfo, &Vec<(BlobId, IndexEntry)>)> = new_packs
@@ -349,6 +418,33 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         repo.backend().delete(&pack_path(id))?;
     }
     Ok(report)
+}
+
+/// The sessions (running backups) of the given index objects whose latest heartbeat is less
+/// than `timeout` before `now`, each with that heartbeat.
+pub(crate) fn live_sessions<'a>(
+    files: impl IntoIterator<Item = &'a IndexFile>,
+    now: i64,
+    timeout: Duration,
+) -> Vec<Session> {
+    let timeout = i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX / 2);
+    let mut latest: HashMap<[u8; 16], Session> = HashMap::new();
+    let mut finished: HashSet<[u8; 16]> = HashSet::new();
+    for s in files.into_iter().flat_map(|f| f.sessions.iter()) {
+        if s.finished {
+            finished.insert(s.id);
+        }
+        let e = latest.entry(s.id).or_insert(*s);
+        if s.written > e.written {
+            *e = *s;
+        }
+    }
+    let mut alive: Vec<Session> = latest
+        .into_values()
+        .filter(|s| !finished.contains(&s.id) && now.saturating_sub(s.written) < timeout)
+        .collect();
+    alive.sort_by_key(|s| s.id);
+    alive
 }
 
 /// Groups the entries of all (non-superseded) index objects by pack.

@@ -38,10 +38,22 @@
 //!
 //! ## Restricted policy
 //! With [`RestoreOptions::restricted`] (the agent's default for snapshots restored into a
-//! pod's volume) a snapshot cannot plant privilege in the target: device nodes are not
-//! created (reported as skipped), setuid and setgid bits are dropped, and an owner of uid 0
-//! becomes [`RESTRICTED_UID`]; nothing crosses into another file system mounted inside the
-//! target. The CLI keeps the unrestricted behaviour unless `--restricted` is given.
+//! pod's volume) a snapshot restores what a pod could legitimately have had and plants no
+//! privilege. The rule, per entry:
+//! - owners and groups are restored as recorded, uid and gid 0 included: the kubelet, root
+//!   init containers and root pods make root-owned files, and owning a file grants nobody
+//!   anything;
+//! - permission bits are restored as recorded, except that the setuid bit is dropped when
+//!   the owner is uid 0 and the setgid bit when the group is gid 0 (directories keep setgid:
+//!   there it only decides the group of new entries). A setuid or setgid bit for any other
+//!   owner is what a process running as that owner can set on its own file, and a pod may
+//!   run as any non-root uid; a setuid-root or setgid-root file needs `CAP_FSETID`-level
+//!   privilege to make and would hand root to whoever can run it;
+//! - device nodes are not created (reported as skipped): making one needs `CAP_MKNOD`, and
+//!   a device node in a volume reaches the node's hardware;
+//! - nothing is written into another file system mounted inside the target.
+//!
+//! The CLI keeps the unrestricted behaviour unless `--restricted` is given.
 //!
 //! ## Hostile repositories
 //! A repository may be damaged or written by someone else, so every tree is treated as
@@ -103,16 +115,19 @@ pub struct RestoreOptions {
     /// Parallel pack readers.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
-    /// Restricted policy for untrusted snapshots: no device nodes, no setuid/setgid bits,
-    /// no owner uid 0 (given uid 65534 instead), nothing written into another file system
-    /// mounted inside the target. The node agent sets this unless allowed otherwise.
+    /// Restricted policy for untrusted snapshots: owners as recorded, but no device nodes,
+    /// no setuid bit on files owned by uid 0, no setgid bit on files of gid 0, nothing
+    /// written into another file system mounted inside the target. The node agent sets this
+    /// unless allowed otherwise.
     #[arg(long)]
     pub restricted: bool,
+    /// The directory every path must be (device and inode), set by the node agent when it
+    /// found the path from a trusted root without following symlinks (a hostPath
+    /// PersistentVolume below an allowed host directory); a path reaching anything else
+    /// fails the operation. Never set from user input.
+    #[arg(skip)]
+    pub pinned_root: Option<crate::fsat::DirId>,
 }
-
-/// Owner given to entries the snapshot says belong to uid 0, under the restricted policy
-/// (the kernel's overflow uid, `nobody`).
-pub const RESTRICTED_UID: u32 = 65534;
 
 /// What a restore did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -153,11 +168,13 @@ impl Policy {
     /// Owner (`None`: leave as created), group and permission bits for `node`.
     fn owner_mode(&self, node: &Node) -> (Option<Uid>, Option<Gid>, Mode) {
         let mut mode = node.mode & 0o7777;
-        let mut uid = node.uid;
+        let uid = node.uid;
         if self.restricted {
-            mode &= !0o6000;
             if uid == 0 {
-                uid = RESTRICTED_UID;
+                mode &= !0o4000;
+            }
+            if node.gid == 0 && node.kind != NodeKind::Dir {
+                mode &= !0o2000;
             }
         }
         // -1 means "unchanged" to chown; a snapshot saying so is taken at its word.
@@ -297,6 +314,9 @@ pub fn restore(
     fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
     let root_fd = fsat::open_root(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
     let root_meta = fsat::fstat(root_fd.as_fd()).map_err(|e| Error::io(&opts.target, e))?;
+    if opts.pinned_root.is_some_and(|pin| !pin.is(&root_meta)) {
+        return Err(Error::io(&opts.target, fsat::not_pinned(&opts.target)));
+    }
     let restricted = opts.restricted;
     let policy = Policy {
         root: rustix::process::geteuid().is_root(),

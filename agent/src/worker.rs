@@ -21,6 +21,7 @@
 //!   [`dump`]: a backup command's stdout streamed into a one-file snapshot (the glue);
 //! - [`metrics`]: Prometheus metrics and the `/metrics` + `/healthz` server;
 //! - [`restore_wait`]: the `podvault restore-wait` init-container mode.
+//! - [`maintenance`]: `podvault maintenance`, one scheduled prune, check or drill (in a Job).
 //!
 //! The engine knows nothing of this module; this module only calls the engine's public API.
 
@@ -30,6 +31,7 @@ pub mod dump;
 pub mod exec;
 pub mod execute;
 pub mod hooks;
+pub mod maintenance;
 pub mod metrics;
 pub mod operation;
 pub mod outcome;
@@ -77,9 +79,21 @@ pub struct AgentArgs {
     /// `exec_not_allowed` instead of running without its hook.
     #[arg(long, env = "PODVAULT_ALLOW_EXEC")]
     pub allow_exec: bool,
-    /// Back up and restore hostPath volumes too.
+    /// Back up and restore hostPath volumes too, wherever they point (a pod's hostPath is
+    /// chosen by whoever writes the pod: prefer --host-path-root).
     #[arg(long, env = "PODVAULT_ALLOW_HOST_PATH")]
     pub allow_host_path: bool,
+    /// A host directory whose subdirectories may be hostPath PersistentVolumes to back up and
+    /// restore into (e.g. `/opt/local-path-provisioner`, the default storage of k3s and kind);
+    /// repeatable, or comma-separated in the variable. It must be mounted into the agent at
+    /// the same path (read-only when restores into it are not wanted).
+    #[arg(
+        long = "host-path-root",
+        env = "PODVAULT_HOST_PATH_ROOTS",
+        value_delimiter = ',',
+        value_name = "DIR"
+    )]
+    pub host_path_roots: Vec<PathBuf>,
     /// Seconds between status progress updates of a running operation.
     #[arg(long, default_value_t = 3)]
     pub progress_interval_secs: u64,

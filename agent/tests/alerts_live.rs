@@ -423,6 +423,7 @@ async fn a_real_failed_backup_fires_podvault_backup_failed_in_prometheus_and_a_s
         default_repository: "right".into(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         allow_host_path: false,
+        host_path_roots: Vec::new(),
         allow_exec: false,
         progress_interval_secs: 3,
         mount_wait_secs: 0,

@@ -109,6 +109,7 @@ fn agent_with(pods: Vec<Pod>) -> (Arc<Agent>, MockHandle) {
         default_repository: "default".into(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         allow_host_path: false,
+        host_path_roots: Vec::new(),
         allow_exec: false,
         progress_interval_secs: 3,
         mount_wait_secs: 0,

@@ -160,6 +160,7 @@ fn synthetic_index(n: usize, seed: u64) -> (IndexFile, Vec<BlobId>) {
         supersedes: vec![],
         packs,
         pending: vec![],
+        sessions: vec![],
         entries,
     };
     (file, ids)

@@ -15,6 +15,7 @@
 
 pub mod history;
 pub mod lease;
+pub mod maintenance;
 pub mod metrics;
 pub mod operations;
 pub mod options;

@@ -190,6 +190,40 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
+    // Scheduled repository maintenance (Jobs), and the repository gauges.
+    let maintenance_opts = opts.maintenance_options();
+    let maintenance_every = opts.maintenance_interval_secs;
+    let maintenance_client = client.clone();
+    let maintenance_metrics = metrics.clone();
+    let maintainer = async move {
+        if maintenance_every == 0 {
+            return futures::future::pending::<()>().await;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_secs(maintenance_every)).await;
+            let now = chrono::Utc::now();
+            let repos = repositories.state();
+            for repo in &repos {
+                match podvault_controller::maintenance::tick(
+                    &maintenance_client,
+                    repo,
+                    &maintenance_opts,
+                    now,
+                )
+                .await
+                {
+                    Ok(action) => {
+                        tracing::debug!(repository = %repo.metadata.name.as_deref().unwrap_or_default(), ?action, "maintenance")
+                    }
+                    Err(e) => {
+                        tracing::warn!(repository = %repo.metadata.name.as_deref().unwrap_or_default(), error = %e, "maintenance tick failed")
+                    }
+                }
+            }
+            podvault_controller::maintenance::export(&maintenance_metrics, &repos, now);
+        }
+    };
+
     let renewer = async {
         let mut last_renewed = chrono::Utc::now();
         loop {
@@ -213,6 +247,7 @@ async fn main() -> anyhow::Result<()> {
         _ = caches => tracing::info!("watch caches stopped"),
         _ = routes => tracing::info!("routing stopped"),
         _ = sweeper => {}
+        _ = maintainer => {}
         why = renewer => {
             metrics.leader.set(0);
             bail!("lost leadership: {why}");

@@ -55,6 +55,26 @@ pub struct Metrics {
     pub last_sweep: Gauge,
     /// 1 while this replica holds the leader lease.
     pub leader: IntGauge,
+    /// Last successful maintenance run per repository and kind (unix seconds).
+    pub repository_maintenance_last_success: GaugeVec,
+    /// Last failed maintenance run per repository and kind (unix seconds).
+    pub repository_maintenance_last_failure: GaugeVec,
+    /// Expected seconds between maintenance runs per repository and kind (its schedule).
+    pub repository_maintenance_interval: GaugeVec,
+    /// Stored bytes per repository (as of its last maintenance run).
+    pub repository_size: GaugeVec,
+    /// Snapshots per repository (as of its last maintenance run).
+    pub repository_snapshots: GaugeVec,
+    /// Packs per repository (as of its last maintenance run).
+    pub repository_packs: GaugeVec,
+    /// Last passing restore drill per series (unix seconds).
+    pub drill_last_success: GaugeVec,
+    /// Last failing restore drill per series (unix seconds).
+    pub drill_last_failure: GaugeVec,
+    /// Creation time of each BackupRepository (unix seconds).
+    pub repository_created: GaugeVec,
+    /// Per repository: twice the time a full rotation of its drills takes.
+    pub drill_window: GaugeVec,
     /// The sweep's memory of when each series was first tracked (see [`SeriesState`]).
     pub series_seen: SeriesSeen,
 }
@@ -160,6 +180,62 @@ impl Metrics {
         registry.register(Box::new(oldest_unfinished.clone()))?;
         registry.register(Box::new(last_sweep.clone()))?;
         registry.register(Box::new(leader.clone()))?;
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, prometheus::Error> {
+                let g = GaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let repository_maintenance_last_success = gauge(
+            "podvault_repository_maintenance_last_success_timestamp_seconds",
+            "End of the last successful maintenance run (prune, check, drill) of a repository",
+            &["repository", "kind"],
+        )?;
+        let repository_maintenance_last_failure = gauge(
+            "podvault_repository_maintenance_last_failure_timestamp_seconds",
+            "End of the last failed maintenance run (prune, check, drill) of a repository",
+            &["repository", "kind"],
+        )?;
+        let repository_maintenance_interval = gauge(
+            "podvault_repository_maintenance_interval_seconds",
+            "Expected seconds between maintenance runs of a repository (from its schedule)",
+            &["repository", "kind"],
+        )?;
+        let repository_size = gauge(
+            "podvault_repository_size_bytes",
+            "Bytes stored in a repository's packs, as of its last maintenance run",
+            &["repository"],
+        )?;
+        let repository_snapshots = gauge(
+            "podvault_repository_snapshots",
+            "Snapshots in a repository, as of its last maintenance run",
+            &["repository"],
+        )?;
+        let repository_packs = gauge(
+            "podvault_repository_packs",
+            "Packs in a repository, as of its last maintenance run",
+            &["repository"],
+        )?;
+        let drill_last_success = gauge(
+            "podvault_restore_drill_last_success_timestamp_seconds",
+            "When a restore drill of a series' latest snapshot last passed",
+            &["repository", "namespace", "series"],
+        )?;
+        let drill_last_failure = gauge(
+            "podvault_restore_drill_last_failure_timestamp_seconds",
+            "When a restore drill of a series' latest snapshot last failed",
+            &["repository", "namespace", "series"],
+        )?;
+        let repository_created = gauge(
+            "podvault_repository_created_timestamp_seconds",
+            "When a BackupRepository was created",
+            &["repository"],
+        )?;
+        let drill_window = gauge(
+            "podvault_restore_drill_window_seconds",
+            "Twice the time a full rotation of a repository's restore drills takes",
+            &["repository"],
+        )?;
         Ok(Metrics {
             registry,
             reconciliations,
@@ -175,6 +251,16 @@ impl Metrics {
             oldest_unfinished,
             last_sweep,
             leader,
+            repository_maintenance_last_success,
+            repository_maintenance_last_failure,
+            repository_maintenance_interval,
+            repository_size,
+            repository_snapshots,
+            repository_packs,
+            drill_last_success,
+            drill_last_failure,
+            repository_created,
+            drill_window,
             series_seen: SeriesSeen::default(),
         })
     }

@@ -47,6 +47,34 @@ pub struct ControllerOptions {
         default_value = "podvault-controller"
     )]
     pub lease_name: String,
+    /// Image of the maintenance Jobs (prune, check, drills): the podvault image.
+    #[arg(
+        long,
+        env = "PODVAULT_MAINTENANCE_IMAGE",
+        default_value = "ghcr.io/podvault/podvault:0.1.0"
+    )]
+    pub maintenance_image: String,
+    /// Service account of the maintenance Jobs.
+    #[arg(
+        long,
+        env = "PODVAULT_MAINTENANCE_SERVICE_ACCOUNT",
+        default_value = "podvault-maintenance"
+    )]
+    pub maintenance_service_account: String,
+    /// Memory limit of a maintenance Job. Prune needs about 150 bytes per index entry
+    /// (1.5 GB for a 10 M-entry index).
+    #[arg(long, env = "PODVAULT_MAINTENANCE_MEMORY", default_value = "3Gi")]
+    pub maintenance_memory: String,
+    /// Longest a maintenance run may take, in hours.
+    #[arg(
+        long,
+        env = "PODVAULT_MAINTENANCE_DEADLINE_HOURS",
+        default_value_t = 12
+    )]
+    pub maintenance_deadline_hours: u32,
+    /// Seconds between maintenance ticks (0: no scheduled maintenance from this controller).
+    #[arg(long, env = "PODVAULT_MAINTENANCE_INTERVAL", default_value_t = 60)]
+    pub maintenance_interval_secs: u64,
     /// Namespace of the Lease (the controller's own namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "podvault")]
     pub lease_namespace: String,
@@ -75,6 +103,17 @@ pub struct ControllerOptions {
 }
 
 impl ControllerOptions {
+    /// How maintenance Jobs are made.
+    pub fn maintenance_options(&self) -> crate::maintenance::MaintenanceOptions {
+        crate::maintenance::MaintenanceOptions {
+            namespace: self.lease_namespace.clone(),
+            image: self.maintenance_image.clone(),
+            service_account: self.maintenance_service_account.clone(),
+            memory: self.maintenance_memory.clone(),
+            deadline: chrono::Duration::hours(i64::from(self.maintenance_deadline_hours.max(1))),
+        }
+    }
+
     /// The planning part of the options.
     pub fn plan_options(&self) -> PlanOptions {
         PlanOptions {
@@ -83,6 +122,7 @@ impl ControllerOptions {
             all_volumes: self.all_volumes,
             volume_policy: VolumePolicy {
                 allow_host_path: self.allow_host_path,
+                ..VolumePolicy::default()
             },
         }
     }

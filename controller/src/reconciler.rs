@@ -169,7 +169,9 @@ pub fn skip_reason(error: &VolumeError) -> &'static str {
     match error {
         VolumeError::NotInPod { .. } => "not_in_pod",
         VolumeError::ApiSourced { .. } => "api_sourced",
-        VolumeError::HostPathNotAllowed { .. } => "host_path",
+        VolumeError::HostPathNotAllowed { .. } | VolumeError::HostPathOutsideRoots { .. } => {
+            "host_path"
+        }
         VolumeError::Unsupported { .. } => "unsupported",
         VolumeError::NoPodUid { .. } => "no_uid",
         VolumeError::ClaimNotBound { .. } => "claim_not_bound",

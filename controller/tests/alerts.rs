@@ -53,7 +53,7 @@ fn promtool_checks_the_rule_file_and_the_generated_prometheusrule() {
     let Some(promtool) = promtool() else { return };
     let dir = prometheus_dir();
     let out = run(&promtool, &["check", "rules", "podvault-rules.yaml"], &dir);
-    assert!(out.contains("SUCCESS: 6 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 11 rules found"), "{out}");
     // The PrometheusRule's spec, as the Prometheus Operator hands it to Prometheus.
     let manifest: serde_yaml::Value = serde_yaml::from_str(
         &std::fs::read_to_string(dir.join("../monitoring/prometheusrule.yaml")).unwrap(),
@@ -65,7 +65,7 @@ fn promtool_checks_the_rule_file_and_the_generated_prometheusrule() {
     std::fs::write(&spec, serde_yaml::to_string(&manifest["spec"]).unwrap()).unwrap();
     let out = run(&promtool, &["check", "rules", spec.to_str().unwrap()], &tmp);
     std::fs::remove_dir_all(&tmp).ok();
-    assert!(out.contains("SUCCESS: 6 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 11 rules found"), "{out}");
 }
 
 #[test]

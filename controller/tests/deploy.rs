@@ -178,7 +178,6 @@ fn every_manifest_and_example_parses_into_its_type() {
         "BackupRepository",
         "Secret",
         "Pod",
-        "CronJob",
     ] {
         assert!(kinds.iter().any(|k| k == kind), "no {kind} in deploy/");
     }
@@ -499,6 +498,11 @@ fn manifest_and_helm_rules_are_generated_from_the_one_rule_file() {
             "PodvaultBackupStuck",
             "PodvaultAgentMissing",
             "PodvaultControllerMissing",
+            "PodvaultRepositoryCheckFailed",
+            "PodvaultPruneFailing",
+            "PodvaultMaintenanceNotRun",
+            "PodvaultRestoreDrillFailed",
+            "PodvaultRestoreDrillStale",
         ]
     );
     for rule in rules {
@@ -542,6 +546,26 @@ fn controller_metrics_text() -> String {
     m.volumes_skipped.with_label_values(&["host_path"]).inc();
     m.history_deleted.with_label_values(&["backup"]).inc();
     m.leader.set(1);
+    for g in [
+        &m.repository_maintenance_last_success,
+        &m.repository_maintenance_last_failure,
+        &m.repository_maintenance_interval,
+    ] {
+        g.with_label_values(&["shared", "check"]).set(1.0);
+    }
+    for g in [
+        &m.repository_size,
+        &m.repository_snapshots,
+        &m.repository_packs,
+        &m.repository_created,
+        &m.drill_window,
+    ] {
+        g.with_label_values(&["shared"]).set(1.0);
+    }
+    for g in [&m.drill_last_success, &m.drill_last_failure] {
+        g.with_label_values(&["shared", "shop", "shop/pvc/db"])
+            .set(1.0);
+    }
     let t = chrono::DateTime::<chrono::Utc>::from_timestamp(1_700_000_000, 0).unwrap();
     let state = SeriesState {
         interval: Some(3600.0),

@@ -540,11 +540,32 @@ pub struct AllowedNamespaces {
         type_ = "string",
         json_path = ".spec.backend.s3.bucket"
     ),
-    printcolumn(name = "Path", type_ = "string", json_path = ".spec.backend.fs.path"),
+    printcolumn(name = "Location", type_ = "string", json_path = ".status.location"),
     printcolumn(
         name = "Initialized",
         type_ = "boolean",
         json_path = ".status.initialized"
+    ),
+    printcolumn(
+        name = "Last Prune",
+        type_ = "date",
+        json_path = ".status.maintenance.lastSuccess.prune"
+    ),
+    printcolumn(
+        name = "Last Check",
+        type_ = "date",
+        json_path = ".status.maintenance.lastSuccess.check"
+    ),
+    printcolumn(
+        name = "Last Drill",
+        type_ = "date",
+        json_path = ".status.maintenance.lastSuccess.drill"
+    ),
+    printcolumn(
+        name = "Size",
+        type_ = "integer",
+        json_path = ".status.maintenance.sizeBytes",
+        priority = 1
     ),
     printcolumn(
         name = "Age",
@@ -572,13 +593,369 @@ pub struct BackupRepositorySpec {
     /// repository allows).
     #[serde(default)]
     pub allow_cross_namespace_restore: bool,
-    /// Let restores recreate device nodes, setuid/setgid bits and files owned by uid 0.
+    /// Let restores recreate device nodes and setuid-root/setgid-root files (owners are
+    /// always restored as recorded).
     /// Off by default: a snapshot's content is whatever the pod owning the volume wrote, and
     /// the agent restores as root. Only a cluster admin can set it (BackupRepositories are
     /// cluster-scoped); a PodVolumeRestore cannot, since the namespace that creates it is the
     /// one the policy protects against.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_privileged_restore: bool,
+    /// Scheduled prune, check and restore drills (on by default; see [`Maintenance`]).
+    #[serde(default)]
+    pub maintenance: Maintenance,
+}
+
+/// Scheduled upkeep of a repository. The controller runs each kind as a Kubernetes Job in
+/// its own namespace, one at a time per repository cluster-wide (a Lease per repository
+/// names the Job holding it), and records the runs in the BackupRepository's status.
+/// Schedules are five-field cron expressions in UTC; runs missed while no controller ran
+/// are made up once, not once per missed time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Maintenance {
+    /// Run scheduled maintenance at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Reclaiming space: `podvault prune`.
+    #[serde(default)]
+    pub prune: PruneMaintenance,
+    /// Verifying the repository: `podvault check`, reading a rotating part of the data.
+    #[serde(default)]
+    pub check: CheckMaintenance,
+    /// Restore drills: the latest snapshot of each series read back and verified.
+    #[serde(default)]
+    pub drill: DrillMaintenance,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Maintenance {
+    fn default() -> Self {
+        Maintenance {
+            enabled: true,
+            prune: PruneMaintenance::default(),
+            check: CheckMaintenance::default(),
+            drill: DrillMaintenance::default(),
+        }
+    }
+}
+
+/// When and how prune runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneMaintenance {
+    /// Cron schedule (UTC); empty: never.
+    #[serde(default = "prune_schedule")]
+    pub schedule: String,
+    /// How long marked packs wait before deletion (`podvault prune --grace`).
+    #[serde(default = "prune_grace")]
+    pub grace: String,
+}
+
+fn prune_schedule() -> String {
+    "0 3 * * *".into()
+}
+
+fn prune_grace() -> String {
+    "24h".into()
+}
+
+impl Default for PruneMaintenance {
+    fn default() -> Self {
+        PruneMaintenance {
+            schedule: prune_schedule(),
+            grace: prune_grace(),
+        }
+    }
+}
+
+/// When and how check runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckMaintenance {
+    /// Cron schedule (UTC); empty: never.
+    #[serde(default = "check_schedule")]
+    pub schedule: String,
+    /// All data is read over this many runs: run k reads part (k mod N) + 1 of N
+    /// (`--read-data-subset`). 0: structure only, no data read.
+    #[serde(default = "check_parts")]
+    pub read_data_parts: u32,
+}
+
+fn check_schedule() -> String {
+    "0 5 * * *".into()
+}
+
+fn check_parts() -> u32 {
+    7
+}
+
+impl Default for CheckMaintenance {
+    fn default() -> Self {
+        CheckMaintenance {
+            schedule: check_schedule(),
+            read_data_parts: check_parts(),
+        }
+    }
+}
+
+/// When and how restore drills run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillMaintenance {
+    /// Cron schedule (UTC); empty: never.
+    #[serde(default = "drill_schedule")]
+    pub schedule: String,
+    /// Series drilled per run, those drilled longest ago first (every series in turn).
+    #[serde(default = "drill_series")]
+    pub series_per_run: u32,
+    /// Bytes read per run at most; a series whose latest snapshot would pass the cap is
+    /// left for a later run (reported), unless it is the run's first.
+    #[serde(default = "drill_bytes")]
+    pub max_bytes_per_run: u64,
+}
+
+fn drill_schedule() -> String {
+    "30 4 * * *".into()
+}
+
+fn drill_series() -> u32 {
+    20
+}
+
+fn drill_bytes() -> u64 {
+    20 << 30
+}
+
+impl Default for DrillMaintenance {
+    fn default() -> Self {
+        DrillMaintenance {
+            schedule: drill_schedule(),
+            series_per_run: drill_series(),
+            max_bytes_per_run: drill_bytes(),
+        }
+    }
+}
+
+/// The kinds of maintenance.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum MaintenanceKind {
+    /// `podvault prune`.
+    Prune,
+    /// `podvault check`.
+    Check,
+    /// Restore drills.
+    Drill,
+}
+
+impl MaintenanceKind {
+    /// Every kind, in the order runs are started when several are due.
+    pub const ALL: [MaintenanceKind; 3] = [
+        MaintenanceKind::Prune,
+        MaintenanceKind::Check,
+        MaintenanceKind::Drill,
+    ];
+
+    /// The lowercase name (`prune`, `check`, `drill`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MaintenanceKind::Prune => "prune",
+            MaintenanceKind::Check => "check",
+            MaintenanceKind::Drill => "drill",
+        }
+    }
+
+    /// The cron schedule `m` sets for this kind.
+    pub fn schedule(self, m: &Maintenance) -> &str {
+        match self {
+            MaintenanceKind::Prune => &m.prune.schedule,
+            MaintenanceKind::Check => &m.check.schedule,
+            MaintenanceKind::Drill => &m.drill.schedule,
+        }
+    }
+}
+
+impl std::fmt::Display for MaintenanceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for MaintenanceKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        MaintenanceKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown maintenance kind {s:?} (prune, check or drill)"))
+    }
+}
+
+/// One maintenance run, as recorded in the status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceRun {
+    /// What ran.
+    pub kind: MaintenanceKind,
+    /// The Job that ran it.
+    pub job: String,
+    /// When it started.
+    pub started: Time,
+    /// When it ended (absent while running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Time>,
+    /// `Running`, `Succeeded` or `Failed`.
+    pub result: String,
+    /// Bytes freed (prune).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_freed: Option<u64>,
+    /// Packs downloaded and verified (check), or series verified (drill).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<u64>,
+    /// What happened, in a sentence.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The last drill of one series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeriesDrill {
+    /// The series key (`<namespace>/…`).
+    pub series: String,
+    /// The snapshot drilled last.
+    pub snapshot: String,
+    /// When a drill of it last passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<Time>,
+    /// When a drill of it last failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Time>,
+    /// What the last drill found.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The last successful run of each kind.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastRuns {
+    /// Prune.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<Time>,
+    /// Check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Time>,
+    /// Drill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<Time>,
+}
+
+impl LastRuns {
+    /// The time recorded for `kind`.
+    pub fn get(&self, kind: MaintenanceKind) -> Option<&Time> {
+        match kind {
+            MaintenanceKind::Prune => self.prune.as_ref(),
+            MaintenanceKind::Check => self.check.as_ref(),
+            MaintenanceKind::Drill => self.drill.as_ref(),
+        }
+    }
+
+    /// Sets the time for `kind`.
+    pub fn set(&mut self, kind: MaintenanceKind, at: Time) {
+        match kind {
+            MaintenanceKind::Prune => self.prune = Some(at),
+            MaintenanceKind::Check => self.check = Some(at),
+            MaintenanceKind::Drill => self.drill = Some(at),
+        }
+    }
+}
+
+/// Maintenance state of a repository.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceStatus {
+    /// The latest runs, newest first (at most [`MAINTENANCE_HISTORY`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<MaintenanceRun>,
+    /// When each kind last started (scheduling).
+    #[serde(default)]
+    pub last_start: LastRuns,
+    /// When each kind last succeeded.
+    #[serde(default)]
+    pub last_success: LastRuns,
+    /// When each kind last failed.
+    #[serde(default)]
+    pub last_failure: LastRuns,
+    /// Checks run so far (picks the part of the data the next one reads).
+    #[serde(default)]
+    pub checks_run: u64,
+    /// Stored bytes (all packs), as of the last run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// Snapshots, as of the last run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<u64>,
+    /// Packs, as of the last run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packs: Option<u64>,
+    /// Per series: the last drill.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drills: Vec<SeriesDrill>,
+}
+
+/// The Lease guarding maintenance of `repository` (in podvault's namespace): a valid object
+/// name, long repository names shortened with a hash.
+pub fn maintenance_lease_name(repository: &str) -> String {
+    let name = format!("podvault-maintenance-{repository}");
+    if name.len() <= 63 {
+        return name;
+    }
+    let hash = blake3::hash(repository.as_bytes()).to_hex();
+    let prefix: String = repository.chars().take(30).collect();
+    format!("podvault-maintenance-{prefix}-{}", &hash[..8])
+}
+
+/// The Job of run `kind` of `repository` for the cron time `slot` (Unix seconds):
+/// deterministic, so two controller replicas acting at once make one Job.
+pub fn maintenance_job_name(repository: &str, kind: MaintenanceKind, slot: i64) -> String {
+    let hash = blake3::hash(format!("{repository}\0{kind}\0{slot}").as_bytes()).to_hex();
+    let prefix: String = repository.chars().take(38).collect();
+    format!(
+        "podvault-{kind}-{}-{}",
+        prefix.trim_end_matches('-'),
+        &hash[..8]
+    )
+}
+
+/// Runs kept in [`MaintenanceStatus::runs`].
+pub const MAINTENANCE_HISTORY: usize = 10;
+
+impl MaintenanceStatus {
+    /// Records a run (replacing the entry of the same Job), newest first, keeping
+    /// [`MAINTENANCE_HISTORY`], and the per-kind times.
+    pub fn record(&mut self, run: MaintenanceRun) {
+        let kind = run.kind;
+        match run.result.as_str() {
+            "Running" => self.last_start.set(kind, run.started.clone()),
+            "Succeeded" => {
+                self.last_success
+                    .set(kind, run.finished.clone().unwrap_or(run.started.clone()));
+            }
+            _ => self
+                .last_failure
+                .set(kind, run.finished.clone().unwrap_or(run.started.clone())),
+        }
+        self.runs.retain(|r| r.job != run.job);
+        self.runs.insert(0, run);
+        self.runs.truncate(MAINTENANCE_HISTORY);
+    }
 }
 
 impl BackupRepositorySpec {
@@ -610,6 +987,13 @@ pub struct BackupRepositoryStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// Where the repository is (`s3://bucket/prefix` or a path), as the agent or the
+    /// maintenance runner last opened it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Scheduled maintenance: history and results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceStatus>,
 }
 
 #[cfg(test)]

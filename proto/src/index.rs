@@ -5,11 +5,21 @@
 //!
 //! ```text
 //! u16 version | u16 flags(0) | u32 packs | u32 entries | u32 supersedes | u32 pending
+//!   [version 3: | u32 sessions]
 //! supersedes × IndexId (32)
 //! packs      × { PackId (32) | u32 size | u8 blob type | 3 × 0 }          (40 bytes)
 //! pending    × { PackId (32) | i64 marked at | i64 delete after }   (48 bytes, Unix seconds)
+//! [version 3: sessions × { id (16) | i64 started | i64 written | u32 flags | 4 × 0 }
+//!                                         (40 bytes, Unix seconds; flag 1: finished)]
 //! entries    × { BlobId (32) | u32 pack | u32 offset | u32 length | u32 raw_length }  (48 bytes)
 //! ```
+//!
+//! `sessions` says which backups were running when the object was written: a backup writes
+//! index objects as it goes, each naming its session (a random id, when it started and when
+//! it wrote this object, both by its clock, and whether it has finished), and prune rewrites the sessions it still
+//! counts as alive into its own index object. Prune leaves alone packs uploaded while a live
+//! backup runs (see the engine's `prune` module). An object without sessions is written as
+//! version 2, which every earlier build reads; version 3 needs this build or later.
 //!
 //! Entries are strictly increasing by id. `supersedes` lists index objects whose contents this
 //! one includes (written by prune when it rewrites the index), so readers can ignore them.
@@ -22,11 +32,15 @@
 
 use crate::id::{BlobId, IndexId, PackId, ID_LEN};
 use crate::pack::BlobType;
-use crate::record::{check_version, DecodeError, ObjectKind, ObjectRecord, Record};
+use crate::record::{check_version_in, DecodeError, ObjectKind, ObjectRecord, Record};
 
 const HEADER_LEN: usize = 20;
 const PACK_LEN: usize = 40;
 const PENDING_LEN: usize = 48;
+const SESSION_LEN: usize = 40;
+const SESSION_FINISHED: u32 = 1;
+/// The version written when an object has no sessions.
+const VERSION_WITHOUT_SESSIONS: u16 = 2;
 /// Size of one encoded entry.
 pub const ENTRY_LEN: usize = 48;
 
@@ -50,6 +64,19 @@ pub struct PendingPack {
     pub marked_at: i64,
     /// Earliest time a prune may delete it (the mark plus the grace period).
     pub delete_after: i64,
+}
+
+/// A backup running when an index object was written (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Session {
+    /// Random id, the same in every index object the backup writes.
+    pub id: [u8; 16],
+    /// When the backup started (Unix seconds, its clock).
+    pub started: i64,
+    /// When it wrote this index object (Unix seconds, its clock): its heartbeat.
+    pub written: i64,
+    /// The backup has ended (its snapshot is saved, or it failed): it protects nothing.
+    pub finished: bool,
 }
 
 /// One blob's location.
@@ -103,6 +130,8 @@ pub struct IndexFile {
     pub packs: Vec<PackInfo>,
     /// Packs marked for deletion.
     pub pending: Vec<PendingPack>,
+    /// Backups in progress (see the module docs).
+    pub sessions: Vec<Session>,
     /// Entries sorted by id.
     pub entries: Vec<IndexEntry>,
 }
@@ -124,17 +153,24 @@ impl IndexFile {
 
 impl Record for IndexFile {
     const NAME: &'static str = "index";
-    const VERSION: u16 = 2;
+    const VERSION: u16 = 3;
 
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             HEADER_LEN
+                + 4
                 + self.supersedes.len() * ID_LEN
                 + self.packs.len() * PACK_LEN
                 + self.pending.len() * PENDING_LEN
+                + self.sessions.len() * SESSION_LEN
                 + self.entries.len() * ENTRY_LEN,
         );
-        out.extend_from_slice(&Self::VERSION.to_le_bytes());
+        let with_sessions = !self.sessions.is_empty();
+        let version = match with_sessions {
+            true => Self::VERSION,
+            false => VERSION_WITHOUT_SESSIONS,
+        };
+        out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&0u16.to_le_bytes());
         for n in [
             self.packs.len(),
@@ -143,6 +179,9 @@ impl Record for IndexFile {
             self.pending.len(),
         ] {
             out.extend_from_slice(&(n as u32).to_le_bytes());
+        }
+        if with_sessions {
+            out.extend_from_slice(&(self.sessions.len() as u32).to_le_bytes());
         }
         for s in &self.supersedes {
             out.extend_from_slice(&s.0);
@@ -157,6 +196,14 @@ impl Record for IndexFile {
             out.extend_from_slice(&p.marked_at.to_le_bytes());
             out.extend_from_slice(&p.delete_after.to_le_bytes());
         }
+        for s in &self.sessions {
+            out.extend_from_slice(&s.id);
+            out.extend_from_slice(&s.started.to_le_bytes());
+            out.extend_from_slice(&s.written.to_le_bytes());
+            let flags = if s.finished { SESSION_FINISHED } else { 0 };
+            out.extend_from_slice(&flags.to_le_bytes());
+            out.extend_from_slice(&[0; 4]);
+        }
         for e in &self.entries {
             out.extend_from_slice(&e.to_bytes());
         }
@@ -168,8 +215,13 @@ impl Record for IndexFile {
             record: Self::NAME,
             detail,
         };
-        let body = check_version::<Self>(bytes)?;
-        if body.len() < HEADER_LEN - 2 {
+        let (version, body) =
+            check_version_in::<Self>(bytes, &[VERSION_WITHOUT_SESSIONS, Self::VERSION])?;
+        let header = match version {
+            VERSION_WITHOUT_SESSIONS => HEADER_LEN - 2,
+            _ => HEADER_LEN + 2,
+        };
+        if body.len() < header {
             return Err(DecodeError::Truncated { record: Self::NAME });
         }
         let u = |i: usize| {
@@ -179,10 +231,15 @@ impl Record for IndexFile {
             return Err(malformed("unknown flags".into()));
         }
         let (n_packs, n_entries, n_super, n_pending) = (u(2), u(6), u(10), u(14));
-        let expected = (HEADER_LEN - 2) as u64
+        let n_sessions = match version {
+            VERSION_WITHOUT_SESSIONS => 0,
+            _ => u(18),
+        };
+        let expected = header as u64
             + n_super as u64 * ID_LEN as u64
             + n_packs as u64 * PACK_LEN as u64
             + n_pending as u64 * PENDING_LEN as u64
+            + n_sessions as u64 * SESSION_LEN as u64
             + n_entries as u64 * ENTRY_LEN as u64;
         if (body.len() as u64) < expected {
             return Err(DecodeError::Truncated { record: Self::NAME });
@@ -193,7 +250,7 @@ impl Record for IndexFile {
                 body.len()
             )));
         }
-        let mut rest = &body[HEADER_LEN - 2..];
+        let mut rest = &body[header..];
         let supersedes = (0..n_super)
             .map(|_| {
                 let (id, r) = rest.split_at(ID_LEN);
@@ -231,6 +288,28 @@ impl Record for IndexFile {
                 delete_after: time(ID_LEN + 8),
             });
         }
+        let mut sessions = Vec::with_capacity(n_sessions);
+        for _ in 0..n_sessions {
+            let (s, r) = rest.split_at(SESSION_LEN);
+            rest = r;
+            let time = |i: usize| {
+                let mut at = [0u8; 8];
+                at.copy_from_slice(&s[i..i + 8]);
+                i64::from_le_bytes(at)
+            };
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&s[..16]);
+            let flags = u32::from_le_bytes([s[32], s[33], s[34], s[35]]);
+            if flags & !SESSION_FINISHED != 0 || s[36..40] != [0; 4] {
+                return Err(malformed(format!("unknown session flags {flags:#x}")));
+            }
+            sessions.push(Session {
+                id,
+                started: time(16),
+                written: time(24),
+                finished: flags & SESSION_FINISHED != 0,
+            });
+        }
         let mut entries = Vec::with_capacity(n_entries);
         for chunk in rest.chunks_exact(ENTRY_LEN) {
             let e =
@@ -252,6 +331,7 @@ impl Record for IndexFile {
             supersedes,
             packs,
             pending,
+            sessions,
             entries,
         })
     }
@@ -287,6 +367,7 @@ mod tests {
                 marked_at: 1_700_000_000,
                 delete_after: 1_700_086_400,
             }],
+            sessions: Vec::new(),
             entries: vec![
                 IndexEntry {
                     id: BlobId([9; 32]),
@@ -311,6 +392,32 @@ mod tests {
     #[test]
     fn encoding_is_stable() {
         insta::assert_snapshot!(hex::encode(sample().encode()));
+    }
+
+    #[test]
+    fn sessions_make_version_3_and_round_trip() {
+        let mut idx = sample();
+        assert_eq!(
+            &idx.encode()[..2],
+            &2u16.to_le_bytes(),
+            "no sessions: version 2"
+        );
+        idx.sessions = vec![Session {
+            id: [7; 16],
+            started: 1_700_000_000,
+            written: 1_700_000_600,
+            finished: false,
+        }];
+        let bytes = idx.encode();
+        assert_eq!(&bytes[..2], &3u16.to_le_bytes());
+        insta::assert_snapshot!(hex::encode(&bytes));
+        assert_eq!(IndexFile::decode(&bytes).unwrap(), idx);
+        assert!(matches!(
+            IndexFile::decode(&bytes[..bytes.len() - 1]),
+            Err(DecodeError::Truncated { .. })
+        ));
+        idx.sessions[0].finished = true;
+        assert_eq!(IndexFile::decode(&idx.encode()).unwrap(), idx);
     }
 
     #[test]

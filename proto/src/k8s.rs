@@ -22,6 +22,6 @@ pub use isolation::{
 };
 pub use series::{dump_identity, volume_identity, ParseSeriesError, Series, SeriesSource};
 pub use volume::{
-    claim_name, classify_volume, escape_plugin_name, find_volume, resolve_volume, VolumeClass,
-    VolumeError, VolumeLocation, VolumePolicy,
+    claim_name, classify_volume, escape_plugin_name, find_volume, host_path_under_root,
+    resolve_volume, VolumeClass, VolumeError, VolumeLocation, VolumePolicy,
 };

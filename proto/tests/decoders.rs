@@ -347,6 +347,7 @@ fn index_file() -> impl Strategy<Value = IndexFile> {
                     })
                     .collect(),
                 packs,
+                sessions: Vec::new(),
             };
             index.sort();
             index.entries.dedup_by_key(|e| e.id);

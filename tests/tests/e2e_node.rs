@@ -24,7 +24,12 @@
 //! completes with exactly one snapshot); 11. pre/post hooks through real `pods/exec`;
 //! 12. a real PostgreSQL database dumped and restored with the README's recipe; 13. a PVB
 //! naming a missing pod (`pod_not_found`); 14. an `fs` BackupRepository, refused with a
-//! clear message until a volume is mounted where it lives, then used.
+//! clear message until a volume is mounted where it lives, then used; 15. hostPath
+//! PersistentVolumes laid out as local-path-provisioner does: refused until their host
+//! directory is listed and mounted, then backed up and restored in place (a root-owned file
+//! stays root-owned), while a PersistentVolume whose path is a symlink is refused; 16.
+//! scheduled maintenance of the shared repository (prune, check, restore drill) run as Jobs
+//! of the shipped image, never two at once, recorded in its status and `kubectl get bkrepo`.
 //!
 //! Runs only when `PODVAULT_E2E_KUBECONFIG` names an admin kubeconfig of such a cluster
 //! (`../shared/kcluster/` makes one); skipped otherwise. Needs `kubectl` on `PATH`, `strip`,
@@ -37,6 +42,7 @@
 //! Steps are printed one per line, for pasting into notes.
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -1279,6 +1285,269 @@ spec:
         .ok(&["rollout", "status", "-n", PODVAULT_NS, ds, "--timeout=180s"]);
     r.result(&format!(
         "with /repo mounted: {m}; restored from it, /data/ledger = v3"
+    ));
+
+    // ----- 15 -----
+    r.step(
+        "15",
+        "hostPath PersistentVolumes (local-path-provisioner's layout) below an allowed host directory",
+    );
+    let hp_root = r.pv_dir.join("local-path");
+    let hp_dir = hp_root.join(format!("pvc-{}_{victim}_hp-data", r.run));
+    fs::create_dir_all(&hp_dir).unwrap();
+    // Another tenant's directory, and a PersistentVolume whose path is a symlink to it.
+    let elsewhere = r.pv_dir.join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    fs::write(elsewhere.join("secret"), "not yours").unwrap();
+    let link = hp_root.join(format!("pvc-{}_{victim}_hp-link", r.run));
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    for (claim, path) in [("hp-data", &hp_dir), ("hp-link", &link)] {
+        r.kube.apply(&format!(
+            "apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: e2e-{run}-{claim}, labels: {{e2e-run: '{run}'}}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: manual
+  hostPath: {{path: {path}}}
+  claimRef: {{namespace: {victim}, name: {claim}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: {claim}, namespace: {victim}}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  resources: {{requests: {{storage: 1Gi}}}}
+  volumeName: e2e-{run}-{claim}
+",
+            run = r.run,
+            path = path.display()
+        ));
+    }
+    r.pod_named(
+        &victim,
+        "hp",
+        &[
+            ("data", "persistentVolumeClaim: {claimName: hp-data}"),
+            ("link", "persistentVolumeClaim: {claimName: hp-link}"),
+        ],
+        "",
+    );
+    let (ok, _) = r.kube.exec(
+        &victim,
+        "hp",
+        &[
+            "sh",
+            "-c",
+            "echo hp-v1 > /data/ledger && chown 0:0 /data/ledger",
+        ],
+    );
+    assert!(ok, "writing into the hostPath PV");
+    let spec = json!({"pod": "hp", "volume": "data", "repository": repo});
+    let v = r.operation(&r.kube, "pvb", &victim, "hp-not-allowed", spec.clone());
+    let m = expect(&v, "Failed", Some("volume"));
+    assert!(m.contains("--host-path-root"), "{m}");
+    r.result(&format!(
+        "as shipped (no host directory listed): Failed volume: {m}"
+    ));
+    // What the manifests' comment says: the variable, and the directory mounted at the same path.
+    let patch = json!([
+        {"op": "add", "path": "/spec/template/spec/containers/0/env/-",
+         "value": {"name": "PODVAULT_HOST_PATH_ROOTS", "value": hp_root}},
+        {"op": "add", "path": "/spec/template/spec/volumes/-",
+         "value": {"name": "local-path", "hostPath": {"path": hp_root, "type": "Directory"}}},
+        {"op": "add", "path": "/spec/template/spec/containers/0/volumeMounts/-",
+         "value": {"name": "local-path", "mountPath": hp_root}},
+    ]);
+    r.kube.ok(&[
+        "patch",
+        "-n",
+        PODVAULT_NS,
+        ds,
+        "--type=json",
+        "-p",
+        &patch.to_string(),
+    ]);
+    r.kube
+        .ok(&["rollout", "status", "-n", PODVAULT_NS, ds, "--timeout=180s"]);
+    let v = r.operation(&r.kube, "pvb", &victim, "hp-backup", spec);
+    let m = expect(&v, "Completed", None);
+    assert_eq!(status(&v, "hostPath"), hp_dir.display().to_string());
+    let hp_snapshot = status(&v, "snapshotId");
+    assert_eq!(r.dump(&hp_snapshot, "ledger").trim(), "hp-v1");
+    r.result(&format!(
+        "with {} listed and mounted: {m}",
+        hp_root.display()
+    ));
+    let spec = json!({"pod": "hp", "volume": "link", "repository": repo});
+    let v = r.operation(&r.kube, "pvb", &victim, "hp-symlink", spec);
+    let m = expect(&v, "Failed", Some("volume_not_mounted"));
+    assert!(m.contains("without following a symlink"), "{m}");
+    r.result(&format!("a PV whose path is a symlink: Failed: {m}"));
+    fs::write(hp_dir.join("ledger"), "overwritten").unwrap();
+    let spec = json!({"pod": "hp", "volume": "data", "repository": repo, "mode": "Clean",
+                      "snapshot": {"id": hp_snapshot}});
+    let v = r.operation(&r.kube, "pvr", &victim, "hp-restore", spec);
+    let m = expect(&v, "Completed", None);
+    assert_eq!(
+        fs::read_to_string(hp_dir.join("ledger")).unwrap().trim(),
+        "hp-v1"
+    );
+    let meta = fs::metadata(hp_dir.join("ledger")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (0, 0),
+        "a root-owned file is restored root-owned"
+    );
+    assert_eq!(
+        fs::read_to_string(elsewhere.join("secret")).unwrap(),
+        "not yours"
+    );
+    r.kube.ok(&["replace", "-f", shipped.to_str().unwrap()]);
+    r.kube
+        .ok(&["rollout", "status", "-n", PODVAULT_NS, ds, "--timeout=180s"]);
+    r.result(&format!(
+        "in-place restore: {m}; ledger back to hp-v1, still owned by root:root"
+    ));
+
+    // ----- 16 -----
+    r.step(
+        "16",
+        "scheduled maintenance: prune, check and a restore drill as Jobs, one at a time per repository",
+    );
+    // Ticks every 5 s instead of 60 s, and every kind due every minute.
+    let ctl = "deployment/podvault-controller";
+    let patch = json!([{"op": "add", "path": "/spec/template/spec/containers/0/env/-",
+                        "value": {"name": "PODVAULT_MAINTENANCE_INTERVAL", "value": "5"}}]);
+    r.kube.ok(&[
+        "patch",
+        "-n",
+        PODVAULT_NS,
+        ctl,
+        "--type=json",
+        "-p",
+        &patch.to_string(),
+    ]);
+    r.kube.ok(&[
+        "rollout",
+        "status",
+        "-n",
+        PODVAULT_NS,
+        ctl,
+        "--timeout=180s",
+    ]);
+    let every_minute = json!({"spec": {"maintenance": {
+        "prune": {"schedule": "* * * * *", "grace": "1h"},
+        "check": {"schedule": "* * * * *", "readDataParts": 2},
+        "drill": {"schedule": "* * * * *"}}}});
+    r.kube.ok(&[
+        "patch",
+        "backuprepository",
+        &repo,
+        "--type=merge",
+        "-p",
+        &every_minute.to_string(),
+    ]);
+    let mut most_active = 0;
+    let maintained: Value = r.kube.wait(
+        "a successful prune, check and drill of the shared repository",
+        Duration::from_secs(480),
+        Duration::from_secs(2),
+        || {
+            let jobs: Value = serde_json::from_str(&r.kube.ok(&[
+                "get",
+                "jobs",
+                "-n",
+                PODVAULT_NS,
+                "-l",
+                &format!("podvault.dev/maintenance-repository={repo}"),
+                "-o",
+                "json",
+            ]))
+            .unwrap();
+            let active = jobs["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|j| j["status"]["active"].as_u64().unwrap_or(0) > 0)
+                .count();
+            assert!(
+                active <= 1,
+                "two maintenance Jobs of one repository at once: {jobs}"
+            );
+            most_active = most_active.max(active);
+            let v = r.kube.get("backuprepository", &repo, "default")?;
+            let m = &v["status"]["maintenance"];
+            for run in m["runs"].as_array().into_iter().flatten() {
+                assert_ne!(run["result"], "Failed", "a maintenance run failed: {run}");
+            }
+            let done = ["prune", "check", "drill"]
+                .iter()
+                .all(|k| m["lastSuccess"][k].is_string());
+            done.then(|| v.clone())
+        },
+    );
+    let m = &maintained["status"]["maintenance"];
+    let drilled = m["drills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["series"] == series.as_str())
+        .unwrap_or_else(|| panic!("no drill of {series}: {m}"));
+    assert!(drilled["lastSuccess"].is_string(), "{drilled}");
+    assert!(
+        maintained["status"]["location"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("s3://")),
+        "{}",
+        maintained["status"]
+    );
+    let table = r.kube.ok(&["get", "backuprepository", &repo]);
+    assert!(
+        table.contains("LAST PRUNE") && table.contains("s3://"),
+        "{table}"
+    );
+    r.kube.ok(&[
+        "patch",
+        "backuprepository",
+        &repo,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"maintenance":{"enabled":false}}}"#,
+    ]);
+    let shipped_ctl = Run::workspace().join("deploy/manifests/30-controller.yaml");
+    r.kube.ok(&["replace", "-f", shipped_ctl.to_str().unwrap()]);
+    r.kube.ok(&[
+        "rollout",
+        "status",
+        "-n",
+        PODVAULT_NS,
+        ctl,
+        "--timeout=180s",
+    ]);
+    let runs: Vec<String> = m["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|run| {
+            format!(
+                "{} {}: {}",
+                run["kind"].as_str().unwrap_or_default(),
+                run["result"].as_str().unwrap_or_default(),
+                run["message"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    r.result(&format!(
+        "at most {most_active} Job active at a time; runs: {}; drill of {series}: {}; kubectl get bkrepo:\n{}",
+        runs.join(" | "),
+        drilled["message"].as_str().unwrap_or_default(),
+        table.trim_end()
     ));
 
     r.step("end", "the victim's series is as it left it");

@@ -422,7 +422,7 @@ fn racing_swap_never_makes_the_marker_land_outside() {
     for attempt in 0..MARKER_ATTEMPTS {
         seen = swapper.advanced(seen);
         let uid = format!("uid-{attempt}");
-        match podvault::worker::restore_wait::put_marker(&vol, &uid, "0123abcd") {
+        match podvault::worker::restore_wait::put_marker(&vol, None, &uid, "0123abcd") {
             Ok(p) => {
                 assert_eq!(p, vol.join(".podvault").join(&uid));
                 written += 1;
@@ -460,6 +460,26 @@ fn restricted_policy_plants_no_device_setuid_or_root_owner() {
     fs::set_permissions(src.join("suid-root"), fs::Permissions::from_mode(0o6755)).unwrap();
     fs::write(src.join("user-owned"), b"user").unwrap();
     std::os::unix::fs::chown(src.join("user-owned"), Some(1234), Some(1234)).unwrap();
+    // What a pod running as uid 1234 can make itself: setuid/setgid on its own file.
+    fs::write(src.join("suid-user"), b"user").unwrap();
+    std::os::unix::fs::chown(src.join("suid-user"), Some(1234), Some(1234)).unwrap();
+    fs::set_permissions(src.join("suid-user"), fs::Permissions::from_mode(0o6750)).unwrap();
+    // What the kubelet or a root init container makes: root-owned files and a setgid
+    // directory of group 0.
+    fs::write(src.join("root-config"), b"cfg").unwrap();
+    std::os::unix::fs::chown(src.join("root-config"), Some(0), Some(0)).unwrap();
+    fs::set_permissions(src.join("root-config"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::create_dir(src.join("shared")).unwrap();
+    std::os::unix::fs::chown(src.join("shared"), Some(0), Some(0)).unwrap();
+    fs::set_permissions(src.join("shared"), fs::Permissions::from_mode(0o2775)).unwrap();
+    // setgid for group 0 on a file owned by someone else.
+    fs::write(src.join("sgid-root-group"), b"g").unwrap();
+    std::os::unix::fs::chown(src.join("sgid-root-group"), Some(1234), Some(0)).unwrap();
+    fs::set_permissions(
+        src.join("sgid-root-group"),
+        fs::Permissions::from_mode(0o2755),
+    )
+    .unwrap();
     let device = rustix::fs::mknodat(
         CWD,
         src.join("null-dev"),
@@ -502,22 +522,38 @@ fn restricted_policy_plants_no_device_setuid_or_root_owner() {
         &AtomicBool::new(false),
     )
     .unwrap();
-    let suid = fs::metadata(restricted.join("suid-root")).unwrap();
-    assert_eq!(suid.mode() & 0o7777, 0o755, "setuid/setgid bits dropped");
+    let mode = |name: &str| fs::metadata(restricted.join(name)).unwrap().mode() & 0o7777;
+    let owner = |name: &str| {
+        let m = fs::metadata(restricted.join(name)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(
+        mode("suid-root"),
+        0o755,
+        "setuid-root and setgid-root dropped"
+    );
     assert_eq!(
         fs::read(restricted.join("suid-root")).unwrap(),
         b"#!/bin/sh\nid\n"
     );
+    assert_eq!(mode("root-config"), 0o640);
+    assert_eq!(mode("shared"), 0o2775, "a directory keeps setgid");
     if root {
         assert_eq!(
-            suid.uid(),
-            podvault::restorer::RESTRICTED_UID,
-            "no uid 0 owner"
+            mode("suid-user"),
+            0o6750,
+            "setuid/setgid of a non-root owner kept"
         );
+        assert_eq!(mode("sgid-root-group"), 0o755, "setgid of group 0 dropped");
         assert_eq!(
-            fs::metadata(restricted.join("user-owned")).unwrap().uid(),
-            1234
+            owner("suid-root"),
+            (0, 0),
+            "root owners restored as recorded"
         );
+        assert_eq!(owner("root-config"), (0, 0));
+        assert_eq!(owner("shared"), (0, 0));
+        assert_eq!(owner("user-owned"), (1234, 1234));
+        assert_eq!(owner("suid-user"), (1234, 1234));
     } else {
         eprintln!("not root: owners are not restored, only the mode bits are checked");
     }

@@ -2,11 +2,21 @@
 //!
 //! Invariant: a blob appears in an index object only after the pack holding it has been
 //! written successfully, and index objects are written before the snapshot that needs them.
+//!
+//! A backup is a *session* to prune (rule 5 of the engine's `prune` module): before its first
+//! pack is uploaded it writes an index object naming the session (a random id and its start
+//! time), then one every [`PACKS_PER_INDEX`] durable packs, one at least every heartbeat
+//! interval while it runs (with the packs made durable since, or none), one at the end, and
+//! a last one marking the session finished once the snapshot is saved (or the backup failed).
+//! Prune leaves alone the packs uploaded while a session is alive, and counts it dead once
+//! it has written nothing for its `--session-timeout`; an interrupted backup's index objects
+//! let the next backup reuse what it uploaded.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
-use podvault_proto::index::{IndexEntry, IndexFile, PackInfo};
+use podvault_proto::index::{IndexEntry, IndexFile, PackInfo, Session};
 use podvault_proto::pack::{BlobType, PackHeader};
 use podvault_proto::{BlobId, PackId};
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
@@ -27,6 +37,95 @@ const MAX_UPLOADS_REMOTE: usize = 2;
 /// Write an index object once this many packs are durable, so an interrupted backup's packs
 /// are found and reused by the next one.
 const PACKS_PER_INDEX: usize = 64;
+/// Longest time between two index objects of a running backup that has uploaded anything
+/// (its heartbeat). `PODVAULT_BACKUP_HEARTBEAT_SECS` overrides it (tests).
+pub const HEARTBEAT: Duration = Duration::from_secs(600);
+
+fn heartbeat() -> Duration {
+    std::env::var("PODVAULT_BACKUP_HEARTBEAT_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(HEARTBEAT, |s| Duration::from_secs(s.max(1)))
+}
+
+/// The session's index writing, shared with the heartbeat thread.
+struct Indexer {
+    repo: Repository,
+    session: Session,
+    durable: Mutex<Vec<(PackInfo, PackHeader)>>,
+    indexed: Mutex<Vec<PackId>>,
+    /// Serialises index writes (the heartbeat and the uploading threads).
+    writing: Mutex<()>,
+    /// Set when the backup ends: the heartbeat thread stops.
+    stop: (Mutex<bool>, Condvar),
+}
+
+impl Indexer {
+    /// Writes an index object with the packs made durable since the last one (possibly
+    /// none) and the session, stamped now (and `finished` if so).
+    fn write(&self) -> Result<()> {
+        self.write_as(false)
+    }
+
+    fn write_as(&self, finished: bool) -> Result<()> {
+        let _one = lock(&self.writing);
+        let packs = std::mem::take(&mut *lock(&self.durable));
+        let mut file = IndexFile {
+            sessions: vec![Session {
+                written: unix_now(),
+                finished,
+                ..self.session
+            }],
+            ..IndexFile::default()
+        };
+        let ids: Vec<PackId> = packs.iter().map(|(info, _)| info.id).collect();
+        for (n, (info, header)) in packs.into_iter().enumerate() {
+            file.packs.push(info);
+            file.entries.extend(header.blobs.iter().map(|b| IndexEntry {
+                id: b.id,
+                pack: n as u32,
+                offset: b.offset,
+                length: b.length,
+                raw_length: b.raw_length,
+            }));
+        }
+        file.sort();
+        // The same blob may sit in two packs of this session only if two threads raced;
+        // the index format requires unique ids, so keep the first.
+        file.entries.dedup_by(|a, b| a.id == b.id);
+        self.repo.save(&file)?;
+        lock(&self.indexed).extend(ids);
+        Ok(())
+    }
+
+    /// Until the backup ends: an index object every `every`.
+    fn beat(&self, every: Duration) {
+        let (stopped, wake) = &self.stop;
+        let mut done = lock(stopped);
+        loop {
+            let (d, _) = wake
+                .wait_timeout(done, every)
+                .unwrap_or_else(|p| p.into_inner());
+            done = d;
+            if *done {
+                return;
+            }
+            drop(done);
+            if let Err(e) = self.write() {
+                // The commit check catches any pack of ours a prune marked meanwhile.
+                tracing::warn!(error = %e, "writing the backup's heartbeat index object failed");
+            }
+            done = lock(stopped);
+        }
+    }
+}
+
+/// Unix seconds now.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
 
 /// Shared by the archiver's threads.
 pub struct PackSink {
@@ -35,8 +134,13 @@ pub struct PackSink {
     tree: Mutex<Packer>,
     permits: Arc<Semaphore>,
     uploads: Mutex<Vec<JoinHandle<()>>>,
-    durable: Arc<Mutex<Vec<(PackInfo, PackHeader)>>>,
-    indexed: Mutex<Vec<PackId>>,
+    indexer: Arc<Indexer>,
+    /// The heartbeat thread, once the session is announced.
+    heart: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The session's first index object is written.
+    announced: std::sync::atomic::AtomicBool,
+    /// Its end is recorded.
+    ended: std::sync::atomic::AtomicBool,
     failure: Arc<Mutex<Option<Error>>>,
     /// Bytes of sealed blobs added.
     pub stored: AtomicU64,
@@ -61,8 +165,22 @@ impl PackSink {
                 },
             )),
             uploads: Mutex::new(Vec::new()),
-            durable: Arc::new(Mutex::new(Vec::new())),
-            indexed: Mutex::new(Vec::new()),
+            indexer: Arc::new(Indexer {
+                repo: repo.clone(),
+                session: Session {
+                    id: rand::random(),
+                    started: unix_now(),
+                    written: 0,
+                    finished: false,
+                },
+                durable: Mutex::new(Vec::new()),
+                indexed: Mutex::new(Vec::new()),
+                writing: Mutex::new(()),
+                stop: (Mutex::new(false), Condvar::new()),
+            }),
+            heart: Mutex::new(None),
+            announced: Default::default(),
+            ended: Default::default(),
             failure: Arc::new(Mutex::new(None)),
             stored: AtomicU64::new(0),
             packs: AtomicU64::new(0),
@@ -106,6 +224,8 @@ impl PackSink {
     ) -> Result<()> {
         let Some(pack) = pack else { return Ok(()) };
         let permit = permit.map_err(|e| Error::InvalidInput(format!("pack upload: {e}")))?;
+        self.announce()?;
+        self.maybe_write_index()?;
         // Tree packs go into the local cache as they are written: the next backup reads
         // its parent's trees from there.
         if pack.header.blob_type == BlobType::Tree {
@@ -118,7 +238,7 @@ impl PackSink {
             }
         }
         let backend = self.repo.backend().clone();
-        let durable = self.durable.clone();
+        let indexer = self.indexer.clone();
         let failure = self.failure.clone();
         self.packs.fetch_add(1, Ordering::Relaxed);
         let handle = runtime().spawn(async move {
@@ -128,7 +248,7 @@ impl PackSink {
                 .write_file_async(&pack_path(&pack.id), pack.file)
                 .await
             {
-                Ok(()) => lock(&durable).push((info, pack.header)),
+                Ok(()) => lock(&indexer.durable).push((info, pack.header)),
                 Err(e) => {
                     lock(&failure).get_or_insert(e);
                 }
@@ -148,43 +268,65 @@ impl PackSink {
         }
     }
 
+    /// Before the session's first upload: an index object naming it (so that a prune
+    /// listing the pack also finds a live session that started before it), and the
+    /// heartbeat thread.
+    fn announce(&self) -> Result<()> {
+        let mut heart = lock(&self.heart);
+        if heart.is_some() || self.was_announced() {
+            return Ok(());
+        }
+        self.indexer.write()?;
+        self.announced.store(true, Ordering::Relaxed);
+        let indexer = self.indexer.clone();
+        let every = heartbeat();
+        *heart = Some(
+            std::thread::Builder::new()
+                .name("podvault-heartbeat".into())
+                .spawn(move || indexer.beat(every))
+                .map_err(|e| Error::InvalidInput(format!("starting the heartbeat thread: {e}")))?,
+        );
+        Ok(())
+    }
+
     /// Writes an index object for the durable packs if enough have accumulated.
     pub fn maybe_write_index(&self) -> Result<()> {
-        let ready = lock(&self.durable).len() >= PACKS_PER_INDEX;
+        let ready = lock(&self.indexer.durable).len() >= PACKS_PER_INDEX;
         if ready {
-            self.write_index()?;
+            self.indexer.write()?;
         }
         Ok(())
     }
 
-    fn write_index(&self) -> Result<()> {
-        let packs = std::mem::take(&mut *lock(&self.durable));
-        if packs.is_empty() {
-            return Ok(());
+    /// Stops the heartbeat thread (idempotent).
+    fn stop_heartbeat(&self) {
+        let (stopped, wake) = &self.indexer.stop;
+        *lock(stopped) = true;
+        wake.notify_all();
+        if let Some(h) = lock(&self.heart).take() {
+            let _ = h.join();
         }
-        let mut file = IndexFile::default();
-        lock(&self.indexed).extend(packs.iter().map(|(info, _)| info.id));
-        for (n, (info, header)) in packs.into_iter().enumerate() {
-            file.packs.push(info);
-            file.entries.extend(header.blobs.iter().map(|b| IndexEntry {
-                id: b.id,
-                pack: n as u32,
-                offset: b.offset,
-                length: b.length,
-                raw_length: b.raw_length,
-            }));
+    }
+
+    /// Ends the session once the snapshot is saved (or the backup failed): an index object
+    /// saying so, so that prune stops protecting uploads for it at once rather than after
+    /// the session timeout. Best effort; idempotent.
+    pub fn end_session(&self) {
+        self.stop_heartbeat();
+        if self.was_announced() && !self.ended.swap(true, Ordering::Relaxed) {
+            if let Err(e) = self.indexer.write_as(true) {
+                tracing::warn!(error = %e, "recording the end of the backup's session failed; prune counts it alive until it times out");
+            }
         }
-        file.sort();
-        // The same blob may sit in two packs of this session only if two threads raced;
-        // the index format requires unique ids, so keep the first.
-        file.entries.dedup_by(|a, b| a.id == b.id);
-        self.repo.save(&file)?;
-        Ok(())
+    }
+
+    fn was_announced(&self) -> bool {
+        self.announced.load(Ordering::Relaxed)
     }
 
     /// Packs written and indexed by this sink so far.
     pub fn written_packs(&self) -> Vec<PackId> {
-        lock(&self.indexed).clone()
+        lock(&self.indexer.indexed).clone()
     }
 
     /// Closes open packs, waits for every upload and writes the remaining index entries.
@@ -207,7 +349,21 @@ impl PackSink {
             }
         }
         self.check()?;
-        self.write_index()
+        self.stop_heartbeat();
+        // Every upload was announced first; what is left is the packs made durable since
+        // the last index object.
+        if !lock(&self.indexer.durable).is_empty() {
+            self.indexer.write()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PackSink {
+    /// A backup that fails or is canceled ends its session (best effort; otherwise prune
+    /// counts it dead once it times out).
+    fn drop(&mut self) {
+        self.end_session();
     }
 }
 

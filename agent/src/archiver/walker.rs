@@ -65,6 +65,8 @@ pub(super) struct Walker<'a> {
     pub in_flight: &'a InFlight,
     /// Stay on each root's file system (see the module docs).
     pub one_file_system: bool,
+    /// The directory each root must be ([`super::BackupOptions::pinned_root`]).
+    pub pinned_root: Option<fsat::DirId>,
 }
 
 /// A directory being assembled.
@@ -442,6 +444,11 @@ impl Walker<'_> {
             }
         };
         let meta = fsat::stat_at(parent_fd.as_fd(), leaf);
+        if let (Some(pin), Ok(m)) = (self.pinned_root, &meta) {
+            if !pin.is(m) {
+                return Err(Error::io(root, fsat::not_pinned(root)));
+            }
+        }
         let dev = match &meta {
             Ok(m) if self.one_file_system => Some(m.dev),
             _ => None,

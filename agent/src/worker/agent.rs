@@ -92,6 +92,7 @@ impl Agent {
                 kubelet_root: args.kubelet_root.clone(),
                 policy: VolumePolicy {
                     allow_host_path: args.allow_host_path,
+                    host_path_roots: args.host_path_roots.clone(),
                 },
             },
             identity,

@@ -326,6 +326,7 @@ pub fn backup_options(
         host: Some(node.to_string()),
         threads: None,
         one_file_system: true,
+        pinned_root: None,
     }
 }
 
@@ -380,8 +381,8 @@ pub fn restore_series(
 /// Engine restore options: snapshot `id` into `target`, the spec's include paths, and
 /// `delete` in Clean mode.
 ///
-/// Restores run under the restricted policy (no device nodes, no setuid/setgid bits, no
-/// files owned by uid 0) unless `allow_privileged` (the BackupRepository's
+/// Restores run under the restricted policy (owners as recorded; no device nodes, no
+/// setuid-root or setgid-root files) unless `allow_privileged` (the BackupRepository's
 /// `spec.allowPrivilegedRestore`, which only a cluster admin can set): a snapshot's content
 /// is chosen by whoever owned the volume it was taken of.
 pub fn restore_options(
@@ -397,6 +398,7 @@ pub fn restore_options(
         delete: spec.mode == RestoreMode::Clean,
         threads: 4,
         restricted: !allow_privileged,
+        pinned_root: None,
     }
 }
 

@@ -14,17 +14,20 @@ use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use podvault_proto::crd::{OperationStatus, PodVolumeBackupSpec, PodVolumeRestoreSpec};
 use podvault_proto::k8s::{
-    check_restore_namespace, check_user_tags, resolve_volume, volume_identity, Series,
-    VolumeLocation, VolumePolicy, RESTORE_MARKER_DIR,
+    check_restore_namespace, check_user_tags, host_path_under_root, resolve_volume,
+    volume_identity, Series, VolumeLocation, VolumePolicy, RESTORE_MARKER_DIR,
 };
 use podvault_proto::retention::RetentionPolicy;
 
 use super::decide::{backup_options, forget_options, restore_options, restore_series, was_resumed};
 use super::outcome::{Failure, OpResult, Reason, Report};
 use super::repo::{open_or_init, open_repository, RepoSettings};
+use crate::archiver::BackupOptions;
 use crate::error::Error;
+use crate::fsat::{self, DirId};
 use crate::progress::Progress;
 use crate::repository::Repository;
+use crate::restorer::RestoreOptions;
 use podvault_proto::snapshot::Snapshot;
 use podvault_proto::SnapshotId;
 
@@ -58,15 +61,55 @@ pub struct BackupJob {
     pub node: NodeSettings,
 }
 
-/// Resolves the volume's directory on this node and checks it is there.
+/// A volume's directory on this node.
+#[derive(Debug, Clone)]
+pub struct Located {
+    /// Where it is.
+    pub loc: VolumeLocation,
+    /// For a hostPath PersistentVolume below an allowed host directory: the directory found
+    /// from that root without following symlinks, which backup and restore insist on.
+    pub pinned: Option<DirId>,
+}
+
+/// Resolves the volume's directory on this node and checks it is there. A hostPath
+/// PersistentVolume below an allowed host directory is reached from that directory one plain
+/// name at a time, never through a symlink (another PersistentVolume's owner may control a
+/// directory on its path), and pinned by device and inode.
 pub fn locate_volume(
     pod: &Pod,
     volume: &str,
     pv: Option<&PersistentVolume>,
     node: &NodeSettings,
-) -> Result<VolumeLocation, Failure> {
+) -> Result<Located, Failure> {
     let loc = resolve_volume(&node.kubelet_root, pod, volume, pv, &node.policy)
         .map_err(|e| Failure::new(Reason::Volume, e.to_string()))?;
+    let below_root = match loc.persistent_volume.is_some() {
+        true => host_path_under_root(&node.policy.host_path_roots, &loc.path.to_string_lossy()),
+        false => None,
+    };
+    if let Some((root, rel)) = below_root {
+        let pinned = fsat::pin_beneath(root, &rel).map_err(|e| {
+            Failure::new(
+                Reason::VolumeNotMounted,
+                format!(
+                    "volume {volume:?} of pod {}/{}: hostPath PersistentVolume directory {} on node {} cannot be reached from the allowed host directory {} without following a symlink: {e}{}",
+                    pod.metadata.namespace.as_deref().unwrap_or_default(),
+                    pod.metadata.name.as_deref().unwrap_or_default(),
+                    loc.path.display(),
+                    node.node,
+                    root.display(),
+                    match e.kind() {
+                        std::io::ErrorKind::NotFound if !root.is_dir() => " (the host directory is not mounted in the agent: mount it at the same path, chart agent.hostPathRoots)",
+                        _ => "",
+                    }
+                ),
+            )
+        })?;
+        return Ok(Located {
+            loc,
+            pinned: Some(pinned),
+        });
+    }
     if !loc.path.is_dir() {
         return Err(Failure::new(
             Reason::VolumeNotMounted,
@@ -79,7 +122,7 @@ pub fn locate_volume(
             ),
         ));
     }
-    Ok(loc)
+    Ok(Located { loc, pinned: None })
 }
 
 /// The current time as the API's `Time`.
@@ -118,7 +161,8 @@ fn run_backup(
     status.series = Some(series.key());
     let retention = retention_of(spec)?;
     check_user_tags(&spec.tags).map_err(|e| Failure::new(Reason::InvalidSpec, e.to_string()))?;
-    let loc = locate_volume(&job.pod, &spec.volume, job.pv.as_ref(), &job.node)?;
+    let Located { loc, pinned } =
+        locate_volume(&job.pod, &spec.volume, job.pv.as_ref(), &job.node)?;
     status.host_path = Some(loc.path.display().to_string());
     let identity = volume_identity(&job.pod, &spec.volume, &job.node.node, Some(&job.uid))
         .map_err(|e| Failure::new(Reason::Volume, e.to_string()))?;
@@ -134,13 +178,16 @@ fn run_backup(
         Some(saved) => (saved, true),
         None => {
             // The engine takes the series' latest snapshot (by identity) as the parent.
-            let opts = backup_options(
-                &loc.path,
-                identity,
-                &spec.tags,
-                &spec.excludes,
-                &job.node.node,
-            );
+            let opts = BackupOptions {
+                pinned_root: pinned,
+                ..backup_options(
+                    &loc.path,
+                    identity,
+                    &spec.tags,
+                    &spec.excludes,
+                    &job.node.node,
+                )
+            };
             let outcome =
                 crate::archiver::backup(&repo, &opts, progress, cancel).map_err(|e| match e {
                     Error::Canceled => Failure::new(Reason::Canceled, "canceled"),
@@ -287,19 +334,23 @@ fn run_restore(
     spec.snapshot
         .validate()
         .map_err(|e| Failure::new(Reason::InvalidSpec, e))?;
-    let loc = locate_volume(&job.pod, &spec.volume, job.pv.as_ref(), &job.node)?;
+    let Located { loc, pinned } =
+        locate_volume(&job.pod, &spec.volume, job.pv.as_ref(), &job.node)?;
     status.host_path = Some(loc.path.display().to_string());
     let repo: Repository = open_repository(&job.repo, false)
         .map_err(|e| Failure::engine(&format!("BackupRepository {}", job.repo.name), &e))?;
     let (id, snapshot) = restore_snapshot(&repo, spec, &job.namespace, &job.pod, &job.repo)?;
     let hex = id.to_hex();
     status.set_snapshot(&hex);
-    let opts = restore_options(
-        spec,
-        &hex,
-        &loc.path,
-        job.repo.spec.allow_privileged_restore,
-    );
+    let opts = RestoreOptions {
+        pinned_root: pinned,
+        ..restore_options(
+            spec,
+            &hex,
+            &loc.path,
+            job.repo.spec.allow_privileged_restore,
+        )
+    };
     let outcome = crate::restorer::restore(&repo, &snapshot, &opts, progress, cancel).map_err(
         |e| match e {
             Error::Canceled => Failure::new(Reason::Canceled, "canceled"),
@@ -314,7 +365,7 @@ fn run_restore(
         },
     )?;
     status.files_restored = Some(outcome.files);
-    let marker = write_marker(&loc.path, &job.uid, &hex)?;
+    let marker = write_marker(&loc.path, pinned, &job.uid, &hex)?;
     report.marker = Some(marker);
     let mut message = format!(
         "restored snapshot {}: {} files, {} bytes",
@@ -333,9 +384,14 @@ fn run_restore(
 
 /// Writes `<volume>/.podvault/<uid>` (content: the snapshot id) atomically: a hidden temporary
 /// file renamed into place, so `restore-wait` never sees a half-written marker.
-pub fn write_marker(volume_dir: &Path, uid: &str, snapshot: &str) -> Result<PathBuf, Failure> {
+pub fn write_marker(
+    volume_dir: &Path,
+    pinned: Option<DirId>,
+    uid: &str,
+    snapshot: &str,
+) -> Result<PathBuf, Failure> {
     // Descriptor-relative, never through a symlink the pod put in its volume.
-    super::restore_wait::put_marker(volume_dir, uid, snapshot)
+    super::restore_wait::put_marker(volume_dir, pinned, uid, snapshot)
         .map_err(|e| Failure::new(Reason::Io, format!("writing the completion marker: {e}")))
 }
 

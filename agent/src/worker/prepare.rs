@@ -223,7 +223,7 @@ async fn bound_pv(
 }
 
 /// A Secret's data, `stringData` overlaid.
-fn secret_data(s: &Secret) -> SecretData {
+pub(crate) fn secret_data(s: &Secret) -> SecretData {
     let mut out: SecretData = s
         .data
         .iter()
@@ -483,6 +483,7 @@ async fn create_as_claimant(
         Ok(()) => {
             status.initialized = true;
             status.message = None;
+            status.location = Some(s.location.to_string());
             status.conditions.push(condition(
                 CONDITION_READY,
                 true,

@@ -73,7 +73,12 @@ fn marker_name_ok(uid: &str) -> bool {
 
 /// Writes `<volume_dir>/.podvault/<uid>` holding `snapshot` (see the module docs) and
 /// returns its path.
-pub fn put_marker(volume_dir: &Path, uid: &str, snapshot: &str) -> Result<PathBuf, MarkerError> {
+pub fn put_marker(
+    volume_dir: &Path,
+    pinned: Option<fsat::DirId>,
+    uid: &str,
+    snapshot: &str,
+) -> Result<PathBuf, MarkerError> {
     let dir_path = volume_dir.join(RESTORE_MARKER_DIR);
     let path = dir_path.join(uid);
     let err = |what: &'static str, path: &Path, source: io::Error| MarkerError {
@@ -89,6 +94,12 @@ pub fn put_marker(volume_dir: &Path, uid: &str, snapshot: &str) -> Result<PathBu
         ));
     }
     let volume = fsat::open_root(volume_dir).map_err(|e| err("opening", volume_dir, e))?;
+    if let Some(pin) = pinned {
+        let meta = fsat::fstat(volume.as_fd()).map_err(|e| err("opening", volume_dir, e))?;
+        if !pin.is(&meta) {
+            return Err(err("opening", volume_dir, fsat::not_pinned(volume_dir)));
+        }
+    }
     let dir = marker_dir(volume.as_fd()).map_err(|e| err("creating", &dir_path, e))?;
     let tmp = format!(".{uid}.tmp");
     let tmp_path = dir_path.join(&tmp);
@@ -295,7 +306,7 @@ mod tests {
             std::fs::Permissions::from_mode(0o700),
         )
         .unwrap();
-        put_marker(tmp.path(), "uid-1", "0123abcd").unwrap();
+        put_marker(tmp.path(), None, "uid-1", "0123abcd").unwrap();
         let mode = std::fs::metadata(tmp.path().join(".podvault"))
             .unwrap()
             .permissions()
@@ -340,7 +351,7 @@ mod tests {
             let dir = dir.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(100));
-                crate::worker::execute::write_marker(&dir, "uid-1", "abcd").unwrap();
+                crate::worker::execute::write_marker(&dir, None, "uid-1", "abcd").unwrap();
             })
         };
         let got = wait_for_marker(
@@ -372,7 +383,7 @@ mod tests {
         .unwrap();
         std::fs::write(m.join("c-junk"), "not an id").unwrap();
         assert_eq!(find_marker(dir, None).unwrap(), None);
-        put_marker(dir, "uid-2", "abcdef0123").unwrap();
+        put_marker(dir, None, "uid-2", "abcdef0123").unwrap();
         std::fs::write(m.join("d-forged"), "abcdef0123\n").unwrap();
         assert_eq!(find_marker(dir, Some("uid-3")).unwrap(), None);
         assert_eq!(
@@ -390,7 +401,7 @@ mod tests {
         std::fs::create_dir_all(&vol).unwrap();
         std::fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, vol.join(".podvault")).unwrap();
-        let p = put_marker(&vol, "uid-1", "abcd0123").unwrap();
+        let p = put_marker(&vol, None, "uid-1", "abcd0123").unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "abcd0123\n");
         assert!(std::fs::symlink_metadata(vol.join(".podvault"))
             .unwrap()
@@ -400,14 +411,14 @@ mod tests {
         std::fs::write(outside.join("victim"), "keep").unwrap();
         std::fs::remove_file(&p).unwrap();
         std::os::unix::fs::symlink(outside.join("victim"), &p).unwrap();
-        put_marker(&vol, "uid-1", "abcd0123").unwrap();
+        put_marker(&vol, None, "uid-1", "abcd0123").unwrap();
         assert_eq!(
             std::fs::read_to_string(outside.join("victim")).unwrap(),
             "keep"
         );
         assert!(std::fs::symlink_metadata(&p).unwrap().is_file());
         for bad in ["", "../x", "a/b", ".hidden"] {
-            assert!(put_marker(&vol, bad, "abcd0123").is_err(), "{bad:?}");
+            assert!(put_marker(&vol, None, bad, "abcd0123").is_err(), "{bad:?}");
         }
     }
 }

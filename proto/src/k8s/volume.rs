@@ -11,8 +11,15 @@
 //! Rules (all decided from the objects alone):
 //! - `secret`, `configMap`, `projected` and `downwardAPI` volumes are refused: their content
 //!   comes from the API server and is rewritten by the kubelet, so a restore would fight it.
-//! - `hostPath` volumes are refused unless [`VolumePolicy::allow_host_path`] is set; when
-//!   allowed, the location is the host path itself (not under the kubelet root).
+//! - `hostPath` volumes in a pod spec are refused unless [`VolumePolicy::allow_host_path`] is
+//!   set (a namespace admin writes that path); when allowed, the location is the host path
+//!   itself (not under the kubelet root).
+//! - `hostPath` PersistentVolumes (what local-path-provisioner, the default storage of k3s
+//!   and kind, makes) are cluster-scoped objects a namespace admin cannot write. They resolve
+//!   to their host path when it lies strictly below one of the host directories a cluster
+//!   admin listed in [`VolumePolicy::host_path_roots`] (agent option `--host-path-root`,
+//!   chart `agent.hostPathRoots`), is absolute and has only plain components. The agent then
+//!   reaches it from the listed root without following any symlink.
 //! - `image` volumes (read-only OCI content) and raw block PersistentVolumes are refused.
 //! - In-tree cloud plugins that Kubernetes ≥ 1.27 serves through CSI migration
 //!   (awsElasticBlockStore, azureDisk, azureFile, cinder, gcePersistentDisk, vsphereVolume,
@@ -30,6 +37,30 @@ use k8s_openapi::api::core::v1::{PersistentVolume, Pod, Volume};
 pub struct VolumePolicy {
     /// Back up hostPath volumes (off by default: they expose arbitrary node directories).
     pub allow_host_path: bool,
+    /// Host directories whose subdirectories may be hostPath PersistentVolumes podvault backs
+    /// up and restores into (e.g. `/opt/local-path-provisioner`). Empty by default.
+    pub host_path_roots: Vec<PathBuf>,
+}
+
+/// The allowed root a hostPath PersistentVolume's path lies strictly below, and the path
+/// relative to it; `None` when the path is not absolute, has a component other than a plain
+/// name (`.`, `..`, `//` are refused rather than normalised), or is not below any root.
+pub fn host_path_under_root<'a>(roots: &'a [PathBuf], path: &str) -> Option<(&'a Path, PathBuf)> {
+    use std::path::Component;
+    if !path.starts_with('/')
+        || path
+            .split('/')
+            .skip(1)
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return None;
+    }
+    let path = Path::new(path);
+    roots.iter().find_map(|root| {
+        let rel = path.strip_prefix(root).ok()?;
+        let plain = rel.components().all(|c| matches!(c, Component::Normal(_)));
+        (plain && rel.components().next().is_some()).then(|| (root.as_path(), rel.to_path_buf()))
+    })
 }
 
 /// What the pod spec says a volume is, once the skip rules have passed.
@@ -97,6 +128,20 @@ pub enum VolumeError {
         volume: String,
         /// The host path.
         path: String,
+    },
+    /// A hostPath PersistentVolume outside the host directories the agent may use.
+    #[error("volume {volume:?} of pod {pod} uses PersistentVolume {pv}, a hostPath volume at {path}, which is not below a host directory the agent may use ({roots}); a cluster admin lists such directories with the agent option --host-path-root (chart agent.hostPathRoots) and mounts them into the agent at the same path")]
+    HostPathOutsideRoots {
+        /// `namespace/name` of the pod.
+        pod: String,
+        /// The volume.
+        volume: String,
+        /// The PersistentVolume.
+        pv: String,
+        /// Its host path.
+        path: String,
+        /// The roots allowed, comma-separated, or `none are listed`.
+        roots: String,
     },
     /// A volume type podvault cannot back up.
     #[error("volume {volume:?} of pod {pod} is a {kind} volume, which podvault cannot back up: {reason}")]
@@ -462,11 +507,22 @@ pub fn resolve_volume(
                     .and_then(|s| s.host_path.as_ref())
                     .map(|h| h.path.clone())
                     .unwrap_or_default();
-                if !policy.allow_host_path {
-                    return Err(VolumeError::HostPathNotAllowed {
+                let below_root = host_path_under_root(&policy.host_path_roots, &path).is_some();
+                if !policy.allow_host_path && !below_root {
+                    return Err(VolumeError::HostPathOutsideRoots {
                         pod: pod_ref(pod),
                         volume: volume.to_string(),
+                        pv: pv_name,
                         path,
+                        roots: match policy.host_path_roots.is_empty() {
+                            true => "none are listed".to_string(),
+                            false => policy
+                                .host_path_roots
+                                .iter()
+                                .map(|r| r.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        },
                     });
                 }
                 return Ok(VolumeLocation {
@@ -632,17 +688,65 @@ spec:
         assert_eq!(err.to_string(), "volume \"host\" of pod shop/web-0 is a hostPath volume (/srv/data); hostPath volumes are backed up only when explicitly allowed (agent option --allow-host-path)");
         let allow = VolumePolicy {
             allow_host_path: true,
+            ..VolumePolicy::default()
         };
         let loc = resolve_volume(&root(), &pod(), "host", None, &allow).unwrap();
         assert_eq!(loc.path, PathBuf::from("/srv/data"));
-        // A hostPath PersistentVolume follows the same rule.
+        // A hostPath PersistentVolume outside every listed root needs the same permission.
         let pv = pv("hostPath: {path: /srv/pv}", "data-web-0");
-        assert!(matches!(
-            resolve("data", Some(&pv)),
-            Err(VolumeError::HostPathNotAllowed { .. })
-        ));
+        assert_eq!(
+            resolve("data", Some(&pv)).unwrap_err().to_string(),
+            "volume \"data\" of pod shop/web-0 uses PersistentVolume pvc-1234, a hostPath volume at /srv/pv, which is not below a host directory the agent may use (none are listed); a cluster admin lists such directories with the agent option --host-path-root (chart agent.hostPathRoots) and mounts them into the agent at the same path"
+        );
         let loc = resolve_volume(&root(), &pod(), "data", Some(&pv), &allow).unwrap();
         assert_eq!(loc.path, PathBuf::from("/srv/pv"));
+    }
+
+    #[test]
+    fn host_path_persistent_volumes_below_a_listed_root() {
+        let roots = VolumePolicy {
+            host_path_roots: vec![PathBuf::from("/opt/local-path-provisioner")],
+            ..VolumePolicy::default()
+        };
+        // What local-path-provisioner makes: <root>/pvc-<uid>_<namespace>_<claim>.
+        let good = "/opt/local-path-provisioner/pvc-1234_shop_data-web-0";
+        let pv_at = |path: &str| pv(&format!("hostPath: {{path: {path:?}}}"), "data-web-0");
+        let loc = resolve_volume(&root(), &pod(), "data", Some(&pv_at(good)), &roots).unwrap();
+        assert_eq!(loc.path, PathBuf::from(good));
+        assert_eq!(loc.plugin, "kubernetes.io/host-path");
+        assert_eq!(loc.persistent_volume.as_deref(), Some("pvc-1234"));
+        for bad in [
+            "/opt/local-path-provisioner",
+            "/opt/local-path-provisioner/",
+            "/opt/local-path-provisioner/../../etc",
+            "/opt/local-path-provisioner/./x",
+            "/opt/local-path-provisioner//x",
+            "/opt/local-path-provisioner-evil/x",
+            "opt/local-path-provisioner/x",
+            "/etc",
+        ] {
+            let err = resolve_volume(&root(), &pod(), "data", Some(&pv_at(bad)), &roots);
+            assert!(
+                matches!(err, Err(VolumeError::HostPathOutsideRoots { .. })),
+                "{bad}: {err:?}"
+            );
+        }
+        // Nested layouts (pathPattern {{.PVC.Namespace}}/{{.PVC.Name}}) are below the root too.
+        assert_eq!(
+            host_path_under_root(
+                &roots.host_path_roots,
+                "/opt/local-path-provisioner/shop/data"
+            ),
+            Some((
+                Path::new("/opt/local-path-provisioner"),
+                PathBuf::from("shop/data")
+            ))
+        );
+        // A pod's own hostPath volume is never allowed by the roots: its path is the pod's.
+        assert!(matches!(
+            resolve_volume(&root(), &pod(), "host", None, &roots),
+            Err(VolumeError::HostPathNotAllowed { .. })
+        ));
     }
 
     #[test]
