@@ -168,8 +168,8 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
             Err(e) => report.error(object_path::<IndexFile>(&id), error_detail(&e)),
         }
     }
-    let index = MasterIndex::from_files(files.clone());
-    let packs = pack_states(files);
+    let packs = pack_states(&files);
+    let index = MasterIndex::from_files(files);
     report.packs = packs.len();
 
     // Packs: present, with the recorded size.

@@ -179,8 +179,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let snapshots = repo.snapshots().map_err(refuse)?;
     let files = repo.load_index_files()?;
     let read_ids: Vec<IndexId> = files.iter().map(|(id, _)| *id).collect();
-    let index = MasterIndex::from_files(files.clone());
-    let packs = pack_states(files);
+    let packs = pack_states(&files);
+    let index = MasterIndex::from_files(files);
     let listed: HashSet<PackId> = repo.list_packs()?.into_iter().collect();
     report.packs_before = listed.len();
 
@@ -261,11 +261,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
 
     // Rule 5: sessions read after the packs were listed; packs written since the earliest
     // live one started stay as they are.
-    let sessions = live_sessions(
-        repo.load_index_files()?.iter().map(|(_, f)| f),
-        now,
-        opts.session_timeout,
-    );
+    let sessions = live_sessions(&session_records(repo)?, now, opts.session_timeout);
     report.sessions_alive = sessions.len();
     if let Some(started) = sessions.iter().map(|s| s.started).min() {
         let since = started - SESSION_SKEW_SECS;
@@ -420,17 +416,27 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     Ok(report)
 }
 
-/// The sessions (running backups) of the given index objects whose latest heartbeat is less
-/// than `timeout` before `now`, each with that heartbeat.
-pub(crate) fn live_sessions<'a>(
-    files: impl IntoIterator<Item = &'a IndexFile>,
-    now: i64,
-    timeout: Duration,
-) -> Vec<Session> {
+/// Every session record of the index objects there are now, read one object at a time (an
+/// object deleted meanwhile was superseded by one that carries its live sessions).
+fn session_records(repo: &Repository) -> Result<Vec<Session>> {
+    let mut out = Vec::new();
+    for id in repo.list::<IndexFile>()? {
+        match repo.load::<IndexFile>(&id) {
+            Ok(f) => out.extend(f.sessions),
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// The sessions (running backups) among `records` whose latest heartbeat is less than
+/// `timeout` before `now` and that have not finished, each with that heartbeat.
+pub(crate) fn live_sessions(records: &[Session], now: i64, timeout: Duration) -> Vec<Session> {
     let timeout = i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX / 2);
     let mut latest: HashMap<[u8; 16], Session> = HashMap::new();
     let mut finished: HashSet<[u8; 16]> = HashSet::new();
-    for s in files.into_iter().flat_map(|f| f.sessions.iter()) {
+    for s in records {
         if s.finished {
             finished.insert(s.id);
         }
@@ -448,14 +454,14 @@ pub(crate) fn live_sessions<'a>(
 }
 
 /// Groups the entries of all (non-superseded) index objects by pack.
-pub(crate) fn pack_states(files: Vec<(IndexId, IndexFile)>) -> HashMap<PackId, PackState> {
+pub(crate) fn pack_states(files: &[(IndexId, IndexFile)]) -> HashMap<PackId, PackState> {
     let superseded: HashSet<IndexId> = files
         .iter()
         .flat_map(|(_, f)| f.supersedes.iter().copied())
         .collect();
     let mut packs: HashMap<PackId, PackState> = HashMap::new();
     for (id, file) in files {
-        if superseded.contains(&id) {
+        if superseded.contains(id) {
             continue;
         }
         for e in &file.entries {

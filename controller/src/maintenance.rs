@@ -742,7 +742,7 @@ mod tests {
             namespace: "podvault".into(),
             image: "ghcr.io/podvault/podvault:0.1.0".into(),
             service_account: "podvault-maintenance".into(),
-            memory: "3Gi".into(),
+            memory: "4Gi".into(),
             deadline: Duration::hours(12),
         };
         let job = job_for(
@@ -761,7 +761,7 @@ mod tests {
             "maintenance --repository shared --kind prune --job podvault-prune-shared-1"
         );
         let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
-        assert_eq!(limits["memory"].0, "3Gi");
+        assert_eq!(limits["memory"].0, "4Gi");
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.read_only_root_filesystem, Some(true));

@@ -61,9 +61,9 @@ pub struct ControllerOptions {
         default_value = "podvault-maintenance"
     )]
     pub maintenance_service_account: String,
-    /// Memory limit of a maintenance Job. Prune needs about 150 bytes per index entry
-    /// (1.5 GB for a 10 M-entry index).
-    #[arg(long, env = "PODVAULT_MAINTENANCE_MEMORY", default_value = "3Gi")]
+    /// Memory limit of a maintenance Job. Prune needs about 300 bytes per index entry
+    /// (3 GB for a 10 M-entry index).
+    #[arg(long, env = "PODVAULT_MAINTENANCE_MEMORY", default_value = "4Gi")]
     pub maintenance_memory: String,
     /// Longest a maintenance run may take, in hours.
     #[arg(

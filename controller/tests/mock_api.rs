@@ -666,3 +666,197 @@ async fn expired_lease_is_taken_with_a_resource_version_precondition() {
         assert_eq!(held, expect_held);
     }
 }
+
+// ----- scheduled maintenance (podvault_controller::maintenance::tick) -----
+
+const JOBS: &str = "/apis/batch/v1/namespaces/podvault/jobs";
+const MAINT_LEASE: &str =
+    "/apis/coordination.k8s.io/v1/namespaces/podvault/leases/podvault-maintenance-shared";
+
+fn maintenance_opts() -> podvault_controller::maintenance::MaintenanceOptions {
+    podvault_controller::maintenance::MaintenanceOptions {
+        namespace: "podvault".into(),
+        image: "ghcr.io/podvault/podvault:0.1.0".into(),
+        service_account: "podvault-maintenance".into(),
+        memory: "4Gi".into(),
+        deadline: chrono::Duration::hours(12),
+    }
+}
+
+fn shared_repo(status: Value) -> BackupRepository {
+    serde_json::from_value(json!({
+        "apiVersion": "podvault.dev/v1alpha1", "kind": "BackupRepository",
+        "metadata": {"name": "shared", "creationTimestamp": "2026-01-01T00:00:00Z", "resourceVersion": "7"},
+        "spec": {"backend": {"s3": {"bucket": "b"}}, "passwordSecret": {"name": "p", "key": "k"}},
+        "status": status,
+    }))
+    .unwrap()
+}
+
+fn maintenance_lease(holder: &str) -> Value {
+    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "podvault-maintenance-shared", "namespace": "podvault", "resourceVersion": "5"},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 43500,
+                 "renewTime": "2026-01-05T03:00:05.000000Z", "acquireTime": "2026-01-05T03:00:05.000000Z"}})
+}
+
+#[tokio::test]
+async fn maintenance_waits_while_the_lease_holder_job_runs() {
+    use podvault_controller::maintenance::{tick, TickAction};
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let server = tokio::spawn(async move {
+        let call = next(&mut handle).await;
+        assert_eq!(
+            (call.method, call.path),
+            (Method::GET, MAINT_LEASE.to_string())
+        );
+        respond(
+            call.send,
+            200,
+            &maintenance_lease("podvault-prune-shared-1"),
+        );
+        let call = next(&mut handle).await;
+        assert_eq!(call.path, format!("{JOBS}/podvault-prune-shared-1"));
+        respond(
+            call.send,
+            200,
+            &json!({"apiVersion": "batch/v1", "kind": "Job",
+                    "metadata": {"name": "podvault-prune-shared-1"}, "status": {"active": 1}}),
+        );
+    });
+    // Every kind is overdue, but one Job already holds the repository.
+    let action = tick(
+        &client,
+        &shared_repo(json!({})),
+        &maintenance_opts(),
+        t("2026-01-09T06:00:00Z"),
+    )
+    .await
+    .unwrap();
+    server.await.unwrap();
+    assert_eq!(
+        action,
+        TickAction::Running("podvault-prune-shared-1".into())
+    );
+}
+
+#[tokio::test]
+async fn maintenance_lease_lost_to_another_replica_starts_no_job() {
+    use podvault_controller::maintenance::{tick, TickAction};
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let server = tokio::spawn(async move {
+        // No Lease yet; prune is due; the create of the Lease conflicts.
+        let call = next(&mut handle).await;
+        respond(call.send, 404, &status(404, "NotFound"));
+        let call = next(&mut handle).await;
+        assert_eq!(
+            (call.method, call.path),
+            (Method::GET, MAINT_LEASE.to_string())
+        );
+        respond(call.send, 404, &status(404, "NotFound"));
+        let call = next(&mut handle).await;
+        assert_eq!(call.method, Method::POST);
+        let holder = call.body["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(holder.starts_with("podvault-prune-shared-"), "{holder}");
+        respond(call.send, 409, &status(409, "AlreadyExists"));
+    });
+    let action = tick(
+        &client,
+        &shared_repo(json!({})),
+        &maintenance_opts(),
+        t("2026-01-09T03:00:30Z"),
+    )
+    .await
+    .unwrap();
+    server.await.unwrap();
+    assert_eq!(action, TickAction::Lost);
+}
+
+#[tokio::test]
+async fn maintenance_records_a_job_that_died_and_releases_the_lease() {
+    use podvault_controller::maintenance::{tick, TickAction};
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let running = json!({"maintenance": {"runs": [{"kind": "check", "job": "podvault-check-shared-1",
+        "started": "2026-01-05T05:00:05Z", "result": "Running", "message": ""}],
+        "lastStart": {"check": "2026-01-05T05:00:05Z"}}});
+    let repo = shared_repo(running.clone());
+    let server = tokio::spawn(async move {
+        let call = next(&mut handle).await;
+        respond(
+            call.send,
+            200,
+            &maintenance_lease("podvault-check-shared-1"),
+        );
+        let call = next(&mut handle).await;
+        assert_eq!(call.path, format!("{JOBS}/podvault-check-shared-1"));
+        respond(
+            call.send,
+            200,
+            &json!({"apiVersion": "batch/v1", "kind": "Job",
+                    "metadata": {"name": "podvault-check-shared-1",
+                                 "labels": {"podvault.dev/maintenance-kind": "check"}},
+                    "status": {"failed": 1, "conditions": [{"type": "Failed", "status": "True",
+                               "reason": "PodFailurePolicy", "message": "OOMKilled"}]}}),
+        );
+        // The run is recorded as Failed, on the version read.
+        let call = next(&mut handle).await;
+        assert_eq!(call.method, Method::GET);
+        assert!(
+            call.path.ends_with("/backuprepositories/shared/status"),
+            "{}",
+            call.path
+        );
+        respond(
+            call.send,
+            200,
+            &serde_json::to_value(shared_repo(running)).unwrap(),
+        );
+        let call = next(&mut handle).await;
+        assert_eq!(call.method, Method::PATCH);
+        assert_eq!(call.body["metadata"]["resourceVersion"], "7");
+        let run = &call.body["status"]["maintenance"]["runs"][0];
+        assert_eq!(run["result"], "Failed");
+        assert!(
+            run["message"].as_str().unwrap().contains("OOMKilled"),
+            "{run}"
+        );
+        assert!(call.body["status"]["maintenance"]["lastFailure"]["check"].is_string());
+        respond(
+            call.send,
+            200,
+            &serde_json::to_value(shared_repo(json!({}))).unwrap(),
+        );
+        // Then the Lease is released (empty holder), conditional on its version.
+        let call = next(&mut handle).await;
+        assert_eq!(
+            (call.method, call.path),
+            (Method::PUT, MAINT_LEASE.to_string())
+        );
+        assert_eq!(call.body["metadata"]["resourceVersion"], "5");
+        assert!(
+            call.body["spec"]["holderIdentity"].is_null(),
+            "{}",
+            call.body
+        );
+        respond(call.send, 200, &call.body);
+    });
+    let action = tick(
+        &client,
+        &repo,
+        &maintenance_opts(),
+        t("2026-01-05T05:30:00Z"),
+    )
+    .await
+    .unwrap();
+    server.await.unwrap();
+    assert_eq!(
+        action,
+        TickAction::Released("podvault-check-shared-1".into())
+    );
+}

@@ -18,9 +18,11 @@
 //!   snapshot to its end, verifying every chunk ([`crate::dump::verify_snapshot`]); a dump
 //!   snapshot is one file streamed to EOF.
 //!
-//! Memory: the engine's own bounds (prune holds the index, the set of referenced blobs and
-//! one claim per referenced blob: about 150 bytes per index entry, 1.5 GB for a 10 M-entry
-//! index); the Job's memory limit is the controller's `--maintenance-memory` (3 GiB).
+//! Memory: the engine's own bounds. Prune holds, per index entry, the index (48 bytes), the
+//! entries grouped by pack (80), the set of referenced blobs (about 55 with the hash table's
+//! slack) and the claim of each referenced blob (about 110): about 300 bytes, 3 GB for a
+//! 10 M-entry index (computed from those structures, not measured at that size). The Job's
+//! memory limit is the controller's `--maintenance-memory` (4 GiB).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
