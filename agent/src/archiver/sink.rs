@@ -98,15 +98,15 @@ impl Indexer {
         Ok(())
     }
 
-    /// Until the backup ends: an index object every `every`.
+    /// Until the backup ends: an index object every `every`. The stop flag is checked
+    /// before every wait, so a stop that came while the thread started or wrote is never
+    /// missed.
     fn beat(&self, every: Duration) {
         let (stopped, wake) = &self.stop;
-        let mut done = lock(stopped);
         loop {
-            let (d, _) = wake
-                .wait_timeout(done, every)
+            let (done, _) = wake
+                .wait_timeout_while(lock(stopped), every, |stop| !*stop)
                 .unwrap_or_else(|p| p.into_inner());
-            done = d;
             if *done {
                 return;
             }
@@ -115,7 +115,6 @@ impl Indexer {
                 // The commit check catches any pack of ours a prune marked meanwhile.
                 tracing::warn!(error = %e, "writing the backup's heartbeat index object failed");
             }
-            done = lock(stopped);
         }
     }
 }
@@ -370,4 +369,49 @@ impl Drop for PackSink {
 /// Locks a mutex, recovering from poisoning (the data is plain and stays consistent).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Location;
+    use crate::repository::InitOptions;
+
+    #[test]
+    fn a_stop_that_comes_before_the_first_wait_ends_the_heartbeat_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = InitOptions {
+            kdf: crate::crypto::KdfCost {
+                memory_kib: 1024,
+                iterations: 1,
+                parallelism: 1,
+            },
+            ..InitOptions::default()
+        };
+        let repo = Repository::init(&Location::Fs(tmp.path().join("r")), b"pw", &opts).unwrap();
+        let indexer = Arc::new(Indexer {
+            repo,
+            session: Session {
+                id: [1; 16],
+                started: 0,
+                written: 0,
+                finished: false,
+            },
+            durable: Mutex::new(Vec::new()),
+            indexed: Mutex::new(Vec::new()),
+            writing: Mutex::new(()),
+            stop: (Mutex::new(false), Condvar::new()),
+        });
+        // A short backup: finished (stop set, notified) before the thread ever waited.
+        *lock(&indexer.stop.0) = true;
+        indexer.stop.1.notify_all();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let beating = indexer.clone();
+        std::thread::spawn(move || {
+            beating.beat(Duration::from_secs(3600));
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the heartbeat thread missed a stop that came before it waited");
+    }
 }
