@@ -172,6 +172,29 @@ impl Run {
     /// Stripped copies of this build's binaries, as an image the manifests name, imported
     /// into containerd.
     fn build_image(&self) {
+        if std::env::var_os("PODVAULT_E2E_BIN_DIR").is_none() {
+            // `cargo test` of this package does not rebuild the other packages' binaries:
+            // build them, so the image is of this source and not of an older build.
+            let exe = std::env::current_exe().unwrap();
+            let release = exe.ancestors().any(|p| p.ends_with("release"));
+            let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            c.current_dir(Self::workspace()).args([
+                "build",
+                "-q",
+                "--bins",
+                "-p",
+                "podvault",
+                "-p",
+                "podvault-controller",
+            ]);
+            if release {
+                c.arg("--release");
+            }
+            assert!(
+                c.status().expect("cargo build").success(),
+                "building the binaries for the image"
+            );
+        }
         let bins = std::env::var_os("PODVAULT_E2E_BIN_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| podvault_bin().parent().unwrap().to_path_buf());
