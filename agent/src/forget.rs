@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::repository::{object_path, Repository};
 
 /// Retention rules and scope.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ForgetOptions {
     /// Keep the N newest snapshots.
     #[arg(long, default_value_t = 0)]
@@ -46,11 +46,35 @@ pub struct ForgetOptions {
     #[arg(long, value_name = "SERIES")]
     pub series: Option<String>,
     /// Series grouping: a comma list of `host`, `paths`, `tags` (empty for one series).
-    #[arg(long, default_value = "host,paths,tags")]
+    #[arg(long, default_value = DEFAULT_GROUP_BY)]
     pub group_by: String,
     /// Only print what would be removed.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// Grouping of `forget` unless told otherwise, for the CLI and library callers alike: a
+/// policy keeps its snapshots per host, paths and tags, never across the whole repository.
+pub const DEFAULT_GROUP_BY: &str = "host,paths,tags";
+
+impl Default for ForgetOptions {
+    /// Keeps everything (no rule set), grouped by [`DEFAULT_GROUP_BY`]: the same defaults as
+    /// `podvault forget` with no options.
+    fn default() -> Self {
+        ForgetOptions {
+            keep_last: 0,
+            keep_hourly: 0,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            keep_yearly: 0,
+            keep_tags: Vec::new(),
+            tags: Vec::new(),
+            series: None,
+            group_by: DEFAULT_GROUP_BY.to_string(),
+            dry_run: false,
+        }
+    }
 }
 
 impl ForgetOptions {
@@ -148,4 +172,24 @@ pub fn series_key(s: &Snapshot, fields: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod defaults {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        forget: ForgetOptions,
+    }
+
+    #[test]
+    fn library_and_cli_defaults_agree_and_never_group_the_whole_repository() {
+        let cli = Cli::parse_from(["forget"]).forget;
+        let lib = ForgetOptions::default();
+        assert_eq!(format!("{cli:?}"), format!("{lib:?}"));
+        assert_eq!(lib.group_by, "host,paths,tags");
+    }
 }
