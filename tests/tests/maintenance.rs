@@ -147,6 +147,34 @@ fn count(dir: &Path) -> usize {
         .count()
 }
 
+fn index_objects(repo: &Path) -> usize {
+    fs::read_dir(repo.join("index")).map_or(0, |d| d.count())
+}
+
+/// Starts `backup` and kills it as soon as `ready` holds (failing if it ends first or two
+/// minutes pass).
+fn kill_when(mut backup: Command, ready: impl Fn() -> bool) {
+    let mut child = backup
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before it was killed"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "not ready to kill after two minutes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn killed_backup_is_reclaimed_after_its_session_times_out() {
     let work = tempfile::tempdir().unwrap();
@@ -154,33 +182,15 @@ fn killed_backup_is_reclaimed_after_its_session_times_out() {
     let repo = Repo::fs(&dir);
     repo.init_with(&SMALL_PACKS);
     let file = source(work.path(), 40);
-    let mut child = slow_backup(&repo, &file, 40, 200)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     // Killed once it has indexed some packs as it went (an announcement, then heartbeats).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let indexed = loop {
-        let n: usize = fs::read_dir(dir.join("index")).map_or(0, |d| d.count());
-        let packs = count(&dir.join("data"));
-        if n >= 3 && packs >= 4 {
-            break packs;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the backup ended before it was killed"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "no index objects after two minutes"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_when(slow_backup(&repo, &file, 40, 200), || {
+        index_objects(&dir) >= 3 && count(&dir.join("data")) >= 4
+    });
     let packs = count(&dir.join("data"));
-    assert!(packs >= indexed);
+    assert!(
+        packs >= 4,
+        "packs uploaded when it was killed stay: {packs}"
+    );
 
     // Its session is alive for the default hour: nothing of it is marked.
     let r = prune_json(&repo, &["--grace", "1s"]);
@@ -210,25 +220,9 @@ fn interrupted_backup_is_reused_by_the_next() {
     let repo = Repo::fs(&dir);
     repo.init_with(&SMALL_PACKS);
     let file = source(work.path(), 16);
-    let mut child = slow_backup(&repo, &file, 16, 200)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while fs::read_dir(dir.join("index")).map_or(0, |d| d.count()) < 4 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the backup ended before it was killed"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "no index objects after two minutes"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_when(slow_backup(&repo, &file, 16, 200), || {
+        index_objects(&dir) >= 4
+    });
     let v = repo.backup_json(&[
         "--stdin-filename",
         "source.bin",

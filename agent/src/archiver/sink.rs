@@ -61,6 +61,23 @@ struct Indexer {
 }
 
 impl Indexer {
+    /// The index writing of session `id`, started at `started` (Unix seconds).
+    fn new(repo: Repository, id: [u8; 16], started: i64) -> Self {
+        Indexer {
+            repo,
+            session: Session {
+                id,
+                started,
+                written: 0,
+                finished: false,
+            },
+            durable: Mutex::new(Vec::new()),
+            indexed: Mutex::new(Vec::new()),
+            writing: Mutex::new(()),
+            stop: (Mutex::new(false), Condvar::new()),
+        }
+    }
+
     /// Writes an index object with the packs made durable since the last one (possibly
     /// none) and the session, stamped now (and `finished` if so).
     fn write(&self) -> Result<()> {
@@ -164,19 +181,7 @@ impl PackSink {
                 },
             )),
             uploads: Mutex::new(Vec::new()),
-            indexer: Arc::new(Indexer {
-                repo: repo.clone(),
-                session: Session {
-                    id: rand::random(),
-                    started: unix_now(),
-                    written: 0,
-                    finished: false,
-                },
-                durable: Mutex::new(Vec::new()),
-                indexed: Mutex::new(Vec::new()),
-                writing: Mutex::new(()),
-                stop: (Mutex::new(false), Condvar::new()),
-            }),
+            indexer: Arc::new(Indexer::new(repo.clone(), rand::random(), unix_now())),
             heart: Mutex::new(None),
             announced: Default::default(),
             ended: Default::default(),
@@ -389,19 +394,7 @@ mod tests {
             ..InitOptions::default()
         };
         let repo = Repository::init(&Location::Fs(tmp.path().join("r")), b"pw", &opts).unwrap();
-        let indexer = Arc::new(Indexer {
-            repo,
-            session: Session {
-                id: [1; 16],
-                started: 0,
-                written: 0,
-                finished: false,
-            },
-            durable: Mutex::new(Vec::new()),
-            indexed: Mutex::new(Vec::new()),
-            writing: Mutex::new(()),
-            stop: (Mutex::new(false), Condvar::new()),
-        });
+        let indexer = Arc::new(Indexer::new(repo, [1; 16], 0));
         // A short backup: finished (stop set, notified) before the thread ever waited.
         *lock(&indexer.stop.0) = true;
         indexer.stop.1.notify_all();
